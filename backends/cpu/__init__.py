@@ -1,0 +1,40 @@
+"""The CPU backend: xp = NumPy, convolution and pooling kernels compiled by Numba."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..base import Backend
+from ..host_random import NumpyGenerator, dtype_name
+from . import conv, pooling
+
+
+class CPUBackend(Backend):
+    name = "cpu"
+    xp = np
+
+    def array_device(self, index):
+        return "cpu"
+
+    def owns(self, x, index=None):
+        return isinstance(x, (np.ndarray, np.generic))
+
+    def asarray(self, data, index=None, dtype=None):
+        return np.asarray(data, dtype=None if dtype is None else dtype_name(dtype))
+
+    def to_numpy(self, x):
+        return np.asarray(x)
+
+    def generator(self, index, seed):
+        return NumpyGenerator(seed)
+
+    def synchronize(self, index=None):
+        pass
+
+    conv2d = staticmethod(conv.conv2d)
+    conv2d_backward_data = staticmethod(conv.conv2d_backward_data)
+    conv2d_backward_weight = staticmethod(conv.conv2d_backward_weight)
+    max_pool2d = staticmethod(pooling.max_pool2d)
+    max_pool2d_backward = staticmethod(pooling.max_pool2d_backward)
+    avg_pool2d = staticmethod(pooling.avg_pool2d)
+    avg_pool2d_backward = staticmethod(pooling.avg_pool2d_backward)

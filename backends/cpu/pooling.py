@@ -1,0 +1,168 @@
+"""Max and average pooling on NumPy arrays with Numba kernels, forward and backward.
+
+One loop nest per kernel, parallel over the N*C planes. Windows are clipped to the real
+input (floor mode), which is what -inf padding (max) and zero padding (average) amount to.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ..base import pool2d_output_size
+
+
+def _check(name, x):
+    if x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name}: expected a float32 or float64 array, got {x.dtype}")
+    return np.ascontiguousarray(x)
+
+
+def _sizes(x_shape, kernel, stride, padding):
+    N, C, H, W = (int(s) for s in x_shape)
+    OH, OW = pool2d_output_size(H, W, kernel, stride, padding)
+    if OH < 1 or OW < 1:
+        raise ValueError(
+            f"pool2d: output size {OH}x{OW} is empty for input {H}x{W}, kernel {kernel}, "
+            f"stride {stride}, padding {padding}"
+        )
+    return N, C, H, W, OH, OW
+
+
+@njit(parallel=True, cache=True)
+def _max_pool(x, KH, KW, SH, SW, PH, PW, y, argmax):
+    """y, argmax (N, C, OH, OW): window maxima and their flat index h*W + w.
+
+    The first maximum in row-major window order wins and NaN counts as a maximum (PyTorch's
+    rule); a window of only -inf points at its first real element.
+    """
+    N, C, H, W = x.shape
+    OH, OW = y.shape[2], y.shape[3]
+    neg_inf = x.dtype.type(-np.inf)
+    for nc in prange(N * C):
+        n, c = nc // C, nc % C
+        plane = x[n, c]
+        for oh in range(OH):
+            h0 = oh * SH - PH
+            hs, he = max(h0, 0), min(h0 + KH, H)
+            for ow in range(OW):
+                w0 = ow * SW - PW
+                ws, we = max(w0, 0), min(w0 + KW, W)
+                best, idx = neg_inf, hs * W + ws
+                for h in range(hs, he):
+                    for w in range(ws, we):
+                        v = plane[h, w]
+                        if v > best or v != v:
+                            best, idx = v, h * W + w
+                y[n, c, oh, ow] = best
+                argmax[n, c, oh, ow] = idx
+
+
+@njit(parallel=True, cache=True)
+def _max_pool_backward(dy, argmax, dx):
+    """dx (N, C, H*W): each dy added at the flat index its argmax names."""
+    N, C, OH, OW = dy.shape
+    HW = dx.shape[2]
+    for nc in prange(N * C):
+        n, c = nc // C, nc % C
+        plane = dx[n, c]
+        plane[:] = 0
+        for oh in range(OH):
+            for ow in range(OW):
+                k = argmax[n, c, oh, ow]
+                if 0 <= k < HW:  # argmax comes from max_pool2d; the check only guards memory
+                    plane[k] += dy[n, c, oh, ow]
+
+
+@njit(parallel=True, cache=True)
+def _avg_pool(x, KH, KW, SH, SW, PH, PW, count_include_pad, y):
+    """y (N, C, OH, OW): window sums over the real elements, divided by KH*KW or their count."""
+    N, C, H, W = x.shape
+    OH, OW = y.shape[2], y.shape[3]
+    zero = x.dtype.type(0)
+    for nc in prange(N * C):
+        n, c = nc // C, nc % C
+        plane = x[n, c]
+        for oh in range(OH):
+            h0 = oh * SH - PH
+            hs, he = max(h0, 0), min(h0 + KH, H)
+            for ow in range(OW):
+                w0 = ow * SW - PW
+                ws, we = max(w0, 0), min(w0 + KW, W)
+                s = zero
+                for h in range(hs, he):
+                    for w in range(ws, we):
+                        s += plane[h, w]
+                count = KH * KW if count_include_pad else (he - hs) * (we - ws)
+                y[n, c, oh, ow] = s / x.dtype.type(count)
+
+
+@njit(parallel=True, cache=True)
+def _avg_pool_backward(dy, KH, KW, SH, SW, PH, PW, count_include_pad, dx):
+    """dx (N, C, H, W): each dy / count spread over its window's real elements."""
+    N, C, H, W = dx.shape
+    OH, OW = dy.shape[2], dy.shape[3]
+    for nc in prange(N * C):
+        n, c = nc // C, nc % C
+        plane = dx[n, c]
+        plane[:] = 0
+        for oh in range(OH):
+            h0 = oh * SH - PH
+            hs, he = max(h0, 0), min(h0 + KH, H)
+            for ow in range(OW):
+                w0 = ow * SW - PW
+                ws, we = max(w0, 0), min(w0 + KW, W)
+                count = KH * KW if count_include_pad else (he - hs) * (we - ws)
+                g = dy[n, c, oh, ow] / dy.dtype.type(count)
+                for h in range(hs, he):
+                    for w in range(ws, we):
+                        plane[h, w] += g
+
+
+def _geometry(kernel, stride, padding):
+    return (int(kernel[0]), int(kernel[1]), int(stride[0]), int(stride[1]),
+            int(padding[0]), int(padding[1]))
+
+
+def max_pool2d(x, kernel, stride, padding):
+    """(y, argmax): window maxima (N, C, OH, OW) and their int32 flat index h*W + w."""
+    x = _check("max_pool2d", x)
+    N, C, H, W, OH, OW = _sizes(x.shape, kernel, stride, padding)
+    y = np.empty((N, C, OH, OW), dtype=x.dtype)
+    argmax = np.empty((N, C, OH, OW), dtype=np.int32)
+    _max_pool(x, *_geometry(kernel, stride, padding), y, argmax)
+    return y, argmax
+
+
+def max_pool2d_backward(dy, argmax, x_shape, kernel, stride, padding):
+    """dL/dx (N, C, H, W): each dy goes to the input element its window's argmax names."""
+    dy = _check("max_pool2d_backward", dy)
+    argmax = np.ascontiguousarray(argmax, dtype=np.int32)
+    N, C, H, W, OH, OW = _sizes(x_shape, kernel, stride, padding)
+    if dy.shape != (N, C, OH, OW) or argmax.shape != dy.shape:
+        raise ValueError(
+            f"max_pool2d_backward: dy {dy.shape} and argmax {argmax.shape} must be {(N, C, OH, OW)}"
+        )
+    dx = np.empty((N, C, H * W), dtype=dy.dtype)
+    _max_pool_backward(dy, argmax, dx)
+    return dx.reshape(N, C, H, W)
+
+
+def avg_pool2d(x, kernel, stride, padding, count_include_pad=True):
+    """y (N, C, OH, OW): window means; padding counts in the divisor if ``count_include_pad``."""
+    x = _check("avg_pool2d", x)
+    N, C, H, W, OH, OW = _sizes(x.shape, kernel, stride, padding)
+    y = np.empty((N, C, OH, OW), dtype=x.dtype)
+    _avg_pool(x, *_geometry(kernel, stride, padding), bool(count_include_pad), y)
+    return y
+
+
+def avg_pool2d_backward(dy, x_shape, kernel, stride, padding, count_include_pad=True):
+    """dL/dx (N, C, H, W): each dy / divisor spread over its window."""
+    dy = _check("avg_pool2d_backward", dy)
+    N, C, H, W, OH, OW = _sizes(x_shape, kernel, stride, padding)
+    if dy.shape != (N, C, OH, OW):
+        raise ValueError(f"avg_pool2d_backward: dy has shape {dy.shape}, expected {(N, C, OH, OW)}")
+    dx = np.empty((N, C, H, W), dtype=dy.dtype)
+    _avg_pool_backward(dy, *_geometry(kernel, stride, padding), bool(count_include_pad), dx)
+    return dx

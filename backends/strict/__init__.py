@@ -1,0 +1,59 @@
+"""The strict backend: xp = array-api-strict on a non-default device, kernels from the
+pure-xp reference backend. It refuses NumPy arrays and mixed devices, so it catches on a
+machine without a GPU the bugs that would break CuPy (host arrays leaking into device code).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..base import Backend
+from ..host_random import NumpyGenerator, dtype_name
+from ..reference import conv, pooling
+
+
+def _import_strict():
+    try:
+        import array_api_strict
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "the 'strict' device needs array-api-strict: pip install 'dlx[test]'"
+        ) from e
+    return array_api_strict
+
+
+class StrictBackend(Backend):
+    name = "strict"
+
+    def __init__(self):
+        self.xp = _import_strict()
+        self._device = self.xp.Device("device1")
+        self._host = self.xp.Device("CPU_DEVICE")
+
+    def array_device(self, index=None):
+        return self._device
+
+    def owns(self, x, index=None):
+        return isinstance(x, self.xp._array_object.Array) and x.device == self._device
+
+    def asarray(self, data, index=None, dtype=None):
+        if dtype is not None:
+            dtype = getattr(self.xp, dtype_name(dtype))
+        return self.xp.asarray(np.asarray(data), dtype=dtype, device=self._device)
+
+    def to_numpy(self, x):
+        return np.asarray(x.to_device(self._host))
+
+    def generator(self, index, seed):
+        return NumpyGenerator(seed, place=lambda a: self.asarray(a))
+
+    def synchronize(self, index=None):
+        pass
+
+    conv2d = staticmethod(conv.conv2d)
+    conv2d_backward_data = staticmethod(conv.conv2d_backward_data)
+    conv2d_backward_weight = staticmethod(conv.conv2d_backward_weight)
+    max_pool2d = staticmethod(pooling.max_pool2d)
+    max_pool2d_backward = staticmethod(pooling.max_pool2d_backward)
+    avg_pool2d = staticmethod(pooling.avg_pool2d)
+    avg_pool2d_backward = staticmethod(pooling.avg_pool2d_backward)

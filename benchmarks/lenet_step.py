@@ -1,0 +1,179 @@
+"""One LeNet-5 training step (batch 128, 3x32x32, Adam) on the CPU: dlx vs PyTorch.
+
+    python benchmarks/lenet_step.py [--steps 30] [--json benchmarks/results/X.json]
+
+Each framework runs in its own fresh process (so peak memory is its own): images/s over
+the timed steps (after warm-up), peak resident memory added by training (VmHWM reset
+after set-up), and for dlx the first step in a fresh process with a cold and then a
+warm Numba cache (NUMBA_CACHE_DIR pointing at a new empty folder, then at the same one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+BATCH = 128
+
+
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS
+        return True
+    except OSError:
+        return False
+
+
+def worker_dlx(steps: int) -> dict:
+    t0 = time.perf_counter()
+    import numpy as np
+
+    import dlx
+    from dlx import nn, optim
+    from dlx.models import LeNet5
+
+    t_import = time.perf_counter() - t0
+    dlx.manual_seed(0)
+    model = LeNet5()
+    opt = optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    rng = np.random.default_rng(0)
+    x = dlx.asarray(rng.standard_normal((BATCH, 3, 32, 32)), dtype="float32")
+    y = dlx.asarray(rng.integers(0, 10, BATCH))
+
+    def step():
+        loss = loss_fn(model(x), y)
+        model.backward(loss_fn.backward())
+        opt.step()
+        opt.zero_grad()
+        return float(loss)
+
+    t1 = time.perf_counter()
+    step()
+    first = time.perf_counter() - t1
+    return _timed(step, steps, {"import_s": t_import, "first_step_s": first})
+
+
+def worker_torch(steps: int) -> dict:
+    import numpy as np
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 6, 5), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(6, 16, 5), torch.nn.ReLU(), torch.nn.MaxPool2d(2), torch.nn.Flatten(),
+        torch.nn.Linear(400, 120), torch.nn.ReLU(), torch.nn.Linear(120, 84), torch.nn.ReLU(),
+        torch.nn.Linear(84, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.standard_normal((BATCH, 3, 32, 32)).astype(np.float32))
+    y = torch.from_numpy(rng.integers(0, 10, BATCH))
+
+    def step():
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        return float(loss)
+
+    t1 = time.perf_counter()
+    step()
+    first = time.perf_counter() - t1
+    return _timed(step, steps, {"first_step_s": first, "torch_threads": torch.get_num_threads(),
+                                "torch": torch.__version__})
+
+
+def _timed(step, steps: int, out: dict) -> dict:
+    for _ in range(3):
+        step()
+    base = _rss_kib("VmRSS")
+    out["peak_reset"] = _reset_peak()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    times.sort()
+    out["step_ms_median"] = 1e3 * times[len(times) // 2]
+    out["step_ms_min"] = 1e3 * times[0]
+    out["images_per_s"] = BATCH / times[len(times) // 2]
+    out["peak_training_mib"] = (_rss_kib("VmHWM") - base) / 1024
+    out["rss_mib"] = _rss_kib("VmRSS") / 1024
+    return out
+
+
+def _run(kind: str, steps: int, env=None) -> dict:
+    cmd = [sys.executable, __file__, "--worker", kind, "--steps", str(steps)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--json", help="also write the results to this JSON file")
+    ap.add_argument("--worker", choices=["dlx", "torch"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        fn = worker_dlx if args.worker == "dlx" else worker_torch
+        print(json.dumps(fn(args.steps)))
+        return 0
+
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        cold = _run("dlx", 1, env)
+        warm = _run("dlx", 1, env)
+    dlx_res = _run("dlx", args.steps)
+    torch_res = _run("torch", args.steps)
+    result = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "python": platform.python_version(),
+        "batch": BATCH,
+        "dlx": dlx_res,
+        "torch": torch_res,
+        "dlx_first_step_cold_cache_s": cold.get("first_step_s"),
+        "dlx_first_step_warm_cache_s": warm.get("first_step_s"),
+        "dlx_import_cold_s": cold.get("import_s"),
+    }
+    if "images_per_s" in dlx_res and "images_per_s" in torch_res:
+        result["throughput_ratio_dlx_over_torch"] = dlx_res["images_per_s"] / torch_res["images_per_s"]
+        result["peak_memory_ratio_dlx_over_torch"] = (
+            dlx_res["peak_training_mib"] / max(torch_res["peak_training_mib"], 1e-9))
+    print(f"LeNet-5 training step, batch {BATCH}, Adam, CPU ({result['machine']})")
+    for name, r in (("dlx", dlx_res), ("torch", torch_res)):
+        if "error" in r:
+            print(f"  {name:6s} not run: {r['error']}")
+            continue
+        print(f"  {name:6s} {r['images_per_s']:8.0f} images/s  step {r['step_ms_median']:6.1f} ms "
+              f"(min {r['step_ms_min']:.1f})  peak +{r['peak_training_mib']:.1f} MiB during training")
+    if "throughput_ratio_dlx_over_torch" in result:
+        print(f"  ratio dlx/torch: throughput {result['throughput_ratio_dlx_over_torch']:.2f}x, "
+              f"peak memory {result['peak_memory_ratio_dlx_over_torch']:.2f}x")
+    cold_s, warm_s = result["dlx_first_step_cold_cache_s"], result["dlx_first_step_warm_cache_s"]
+    print(f"  dlx first step in a fresh process: cold Numba cache {cold_s:.2f} s, warm {warm_s:.2f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

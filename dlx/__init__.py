@@ -1,0 +1,57 @@
+"""dlx: a readable deep-learning framework with explicit backward passes, running on
+NumPy + Numba (``device="cpu"``) or CuPy + hand-written CUDA kernels (``device="cuda"``).
+
+    from dlx import nn, optim
+    model = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 1))
+    loss = loss_fn(model(x), y)
+    model.backward(loss_fn.backward()); opt.step(); opt.zero_grad()
+"""
+
+from dlx._device import (
+    Device,
+    DeviceError,
+    asarray,
+    device,
+    device_of,
+    get_default_device,
+    get_namespace,
+    set_default_device,
+    to_numpy,
+)
+from dlx._random import get_rng_state, initial_seed, manual_seed, set_rng_state
+
+__version__ = "0.1.0"
+
+float32 = "float32"
+float64 = "float64"
+
+_SUBMODULES = ("data", "init", "models", "nn", "optim", "testing")
+
+
+def __getattr__(name):  # import submodules on first use: `import dlx` stays light
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"dlx.{name}")
+    raise AttributeError(f"module 'dlx' has no attribute {name!r}")
+
+__all__ = [
+    "Device",
+    "DeviceError",
+    "asarray",
+    "device",
+    "device_of",
+    "float32",
+    "float64",
+    "get_default_device",
+    "get_namespace",
+    "get_rng_state",
+    "init",
+    "initial_seed",
+    "manual_seed",
+    "nn",
+    "optim",
+    "set_default_device",
+    "set_rng_state",
+    "to_numpy",
+]

@@ -1,0 +1,147 @@
+"""Loss functions. ``loss_fn(input, target)`` returns a 0-d device array (no host sync);
+``loss_fn.backward()`` returns dL/dinput for the last call.
+
+reduction="mean" (default) averages over all elements (over the batch for the
+classification losses), "sum" adds them up.
+"""
+
+from __future__ import annotations
+
+from dlx._device import device_of
+from dlx.backends.host_random import dtype_name
+from dlx.nn.module import Module
+
+_REDUCTIONS = ("mean", "sum")
+
+
+class _Loss(Module):
+    def __init__(self, reduction: str = "mean"):
+        super().__init__()
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"{type(self).__name__}: reduction must be 'mean' or 'sum', got {reduction!r}")
+        self.reduction = reduction
+
+    def _check_pair(self, input, target, same_shape: bool = True):
+        self._check_device(input, "input")
+        name = type(self).__name__
+        if not hasattr(target, "__array_namespace__"):
+            raise TypeError(f"{name}: target must be an array on the input's device, got "
+                            f"{type(target).__name__}; use dlx.asarray(target, device=...)")
+        if device_of(target) != device_of(input):
+            raise ValueError(f"{name}: target is on device '{device_of(target)}' but input is on "
+                             f"'{device_of(input)}'; move them to one device")
+        if same_shape:
+            if tuple(target.shape) != tuple(input.shape):
+                raise ValueError(f"{name}: target shape {tuple(target.shape)} differs from input "
+                                 f"shape {tuple(input.shape)}")
+            if dtype_name(target.dtype) != dtype_name(input.dtype):
+                raise ValueError(f"{name}: target dtype {dtype_name(target.dtype)} differs from "
+                                 f"input dtype {dtype_name(input.dtype)}; cast the target")
+
+    def _reduce(self, xp, per_element, count):
+        total = xp.sum(per_element)
+        return total / count if self.reduction == "mean" else total
+
+    def _scale(self, count):
+        """d(reduced)/d(element): 1/count for the mean, 1 for the sum."""
+        return 1.0 / count if self.reduction == "mean" else 1.0
+
+    def backward(self, grad=1.0):
+        """dL/dinput; ``grad`` is dL/dloss (a float or a 0-d array), 1 by default."""
+        g = self._saved()
+        return g if (isinstance(grad, (int, float)) and grad == 1.0) else g * grad
+
+    def extra_repr(self):
+        return f"reduction='{self.reduction}'"
+
+
+class MSELoss(_Loss):
+    """mean((input - target)²)."""
+
+    def forward(self, input, target):
+        self._check_pair(input, target)
+        xp = input.__array_namespace__()
+        diff = input - target
+        self._cache = diff * (2.0 * self._scale(diff.size))
+        return self._reduce(xp, diff * diff, diff.size)
+
+
+class BCELoss(_Loss):
+    """-(t log p + (1 - t) log(1 - p)) for probabilities p in [0, 1]; each log is clamped
+    at -100 as in PyTorch, so p = 0 or 1 gives a finite loss."""
+
+    def forward(self, input, target):
+        self._check_pair(input, target)
+        xp = input.__array_namespace__()
+        if not bool(xp.all((input >= 0) & (input <= 1))):
+            raise ValueError("BCELoss: input must hold probabilities in [0, 1]; "
+                             "for raw scores use BCEWithLogitsLoss")
+        log_p = xp.maximum(xp.log(xp.where(input > 0, input, 1.0)), -100.0)
+        log_p = xp.where(input > 0, log_p, -100.0)
+        q = 1.0 - input
+        log_q = xp.where(q > 0, xp.maximum(xp.log(xp.where(q > 0, q, 1.0)), -100.0), -100.0)
+        per = -(target * log_p + (1.0 - target) * log_q)
+        # PyTorch's gradient: (p - t) / max(p (1 - p), 1e-12)
+        self._cache = (input - target) / xp.maximum(input * q, 1e-12) * self._scale(per.size)
+        return self._reduce(xp, per, per.size)
+
+
+class BCEWithLogitsLoss(_Loss):
+    """BCE of sigmoid(x), computed stably: max(x, 0) - x t + log(1 + exp(-|x|))."""
+
+    def forward(self, input, target):
+        self._check_pair(input, target)
+        xp = input.__array_namespace__()
+        e = xp.exp(-xp.abs(input))
+        per = xp.maximum(input, 0.0) - input * target + xp.log1p(e)
+        sigmoid = xp.where(input >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+        self._cache = (sigmoid - target) * self._scale(per.size)
+        return self._reduce(xp, per, per.size)
+
+
+class _ClassLoss(_Loss):
+    """Shared checks and one-hot encoding for (N, C) scores with int labels (N,)."""
+
+    def _one_hot(self, input, target):
+        self._check_pair(input, target, same_shape=False)
+        name = type(self).__name__
+        xp = input.__array_namespace__()
+        if input.ndim != 2:
+            raise ValueError(f"{name}: expected input of shape (N, C), got {tuple(input.shape)}")
+        if target.ndim != 1 or target.shape[0] != input.shape[0]:
+            raise ValueError(f"{name}: expected target of shape ({input.shape[0]},) with class "
+                             f"indices, got {tuple(target.shape)}")
+        if not xp.isdtype(target.dtype, "integral"):
+            raise ValueError(f"{name}: target must hold integer class indices, got dtype "
+                             f"{dtype_name(target.dtype)}")
+        c = input.shape[1]
+        if not bool(xp.all((target >= 0) & (target < c))):
+            raise ValueError(f"{name}: target holds class indices outside [0, {c - 1}]")
+        classes = xp.arange(c, device=input.device)
+        return xp.astype(xp.reshape(target, (-1, 1)) == classes, input.dtype)
+
+
+class CrossEntropyLoss(_ClassLoss):
+    """-log softmax(logits)[label]: logits (N, C), int labels (N,). Gradient softmax - one_hot."""
+
+    def forward(self, input, target):
+        one_hot = self._one_hot(input, target)
+        xp = input.__array_namespace__()
+        shifted = input - xp.max(input, axis=1, keepdims=True)
+        exp = xp.exp(shifted)
+        sum_exp = xp.sum(exp, axis=1, keepdims=True)
+        log_p = shifted - xp.log(sum_exp)
+        n = input.shape[0]
+        self._cache = (exp / sum_exp - one_hot) * self._scale(n)
+        return self._reduce(xp, -(one_hot * log_p), n)
+
+
+class NLLLoss(_ClassLoss):
+    """-input[label] for log-probabilities (N, C) (the output of LogSoftmax)."""
+
+    def forward(self, input, target):
+        one_hot = self._one_hot(input, target)
+        xp = input.__array_namespace__()
+        n = input.shape[0]
+        self._cache = one_hot * (-self._scale(n))
+        return self._reduce(xp, -(one_hot * input), n)

@@ -1,0 +1,487 @@
+"""The convolution and pooling kernels: the reference backend against loop-by-loop NumPy,
+the Numba kernels against the reference, the reference on array-api-strict's device, and
+everything against torch.nn.functional where PyTorch is installed.
+
+Tolerance. A kernel output that sums K products (K = C*KH*KW for a convolution, N*OH*OW
+for its weight gradient, the number of overlapping windows for a pooling gradient) is
+compared with the float64 reference on the same inputs, elementwise, within
+(K + 2) * u * M, where M is the same kernel applied to the absolute values (the sum of
+|terms|) and u the unit roundoff (2**-24 for float32, 2**-53 for float64): the textbook
+worst-case bound for summing K rounded terms in any order. It cannot flake whatever the
+summation order, and still fails on one missing or misplaced term of typical size.
+Max pooling must match exactly (values and argmax; inputs are tie-free permutations).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+try:
+    from dlx.backends import base
+    from dlx.backends.cpu import conv as cpu_conv
+    from dlx.backends.cpu import pooling as cpu_pool
+    from dlx.backends.reference import conv as ref_conv
+    from dlx.backends.reference import pooling as ref_pool
+except ImportError:  # dlx not installed: import the backends from the checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from backends import base
+    from backends.cpu import conv as cpu_conv
+    from backends.cpu import pooling as cpu_pool
+    from backends.reference import conv as ref_conv
+    from backends.reference import pooling as ref_pool
+
+UNIT_ROUNDOFF = {np.dtype(np.float32): 2.0**-24, np.dtype(np.float64): 2.0**-53}
+
+
+def assert_within_bound(got, want, magnitude, terms):
+    """|got - want| <= (terms + 2) * u * magnitude elementwise (see the module docstring)."""
+    got = np.asarray(got)
+    assert got.shape == want.shape
+    bound = (terms + 2) * UNIT_ROUNDOFF[got.dtype] * np.asarray(magnitude) + 1e-300
+    err = np.abs(got.astype(np.float64) - want)
+    worst = np.unravel_index(np.argmax(err / bound), err.shape)
+    assert np.all(err <= bound), (
+        f"error {err[worst]:.3g} > bound {bound[worst]:.3g} at {worst} (terms={terms})"
+    )
+
+
+def tie_free(rng, shape, dtype=np.float64):
+    """Distinct values in random order, exactly representable in float32."""
+    n = math.prod(shape)
+    return ((rng.permutation(n) - n // 2) / 8.0).reshape(shape).astype(dtype)
+
+
+# ----------------------------------------------------------------------------- loop oracles
+
+
+def loop_conv2d(x, w, b, stride, padding, dilation):
+    N, C, H, W = x.shape
+    OC, _, KH, KW = w.shape
+    OH, OW = base.conv2d_output_size(H, W, KH, KW, stride, padding, dilation)
+    y = np.zeros((N, OC, OH, OW))
+    for n, oc, oh, ow in np.ndindex(N, OC, OH, OW):
+        s = 0.0 if b is None else b[oc]
+        for c, i, j in np.ndindex(C, KH, KW):
+            h = oh * stride[0] + i * dilation[0] - padding[0]
+            v = ow * stride[1] + j * dilation[1] - padding[1]
+            if 0 <= h < H and 0 <= v < W:
+                s += x[n, c, h, v] * w[oc, c, i, j]
+        y[n, oc, oh, ow] = s
+    return y
+
+
+def loop_conv2d_backward(x, w, dy, stride, padding, dilation):
+    """(dx, dw) by scattering every product of the forward sum."""
+    N, C, H, W = x.shape
+    OC, _, KH, KW = w.shape
+    dx, dw = np.zeros(x.shape), np.zeros(w.shape)
+    for n, oc, oh, ow in np.ndindex(*dy.shape):
+        for c, i, j in np.ndindex(C, KH, KW):
+            h = oh * stride[0] + i * dilation[0] - padding[0]
+            v = ow * stride[1] + j * dilation[1] - padding[1]
+            if 0 <= h < H and 0 <= v < W:
+                dx[n, c, h, v] += w[oc, c, i, j] * dy[n, oc, oh, ow]
+                dw[oc, c, i, j] += x[n, c, h, v] * dy[n, oc, oh, ow]
+    return dx, dw
+
+
+def loop_windows(x_shape, kernel, stride, padding):
+    """Yield (n, c, oh, ow, [(h, w) real positions in row-major window order])."""
+    N, C, H, W = x_shape
+    OH, OW = base.pool2d_output_size(H, W, kernel, stride, padding)
+    for n, c, oh, ow in np.ndindex(N, C, OH, OW):
+        cells = []
+        for i, j in np.ndindex(*kernel):
+            h, v = oh * stride[0] + i - padding[0], ow * stride[1] + j - padding[1]
+            if 0 <= h < H and 0 <= v < W:
+                cells.append((h, v))
+        yield n, c, oh, ow, cells
+
+
+def loop_max_pool2d(x, kernel, stride, padding):
+    N, C, H, W = x.shape
+    OH, OW = base.pool2d_output_size(H, W, kernel, stride, padding)
+    y, am = np.zeros((N, C, OH, OW)), np.zeros((N, C, OH, OW), dtype=np.int32)
+    for n, c, oh, ow, cells in loop_windows(x.shape, kernel, stride, padding):
+        best = max(cells, key=lambda hv: x[n, c, hv[0], hv[1]])  # first maximum wins
+        y[n, c, oh, ow] = x[n, c, best[0], best[1]]
+        am[n, c, oh, ow] = best[0] * W + best[1]
+    return y, am
+
+
+def loop_avg_pool2d(x, kernel, stride, padding, count_include_pad):
+    N, C, H, W = x.shape
+    OH, OW = base.pool2d_output_size(H, W, kernel, stride, padding)
+    y = np.zeros((N, C, OH, OW))
+    for n, c, oh, ow, cells in loop_windows(x.shape, kernel, stride, padding):
+        count = kernel[0] * kernel[1] if count_include_pad else len(cells)
+        y[n, c, oh, ow] = sum(x[n, c, h, v] for h, v in cells) / count
+    return y
+
+
+def loop_avg_pool2d_backward(dy, x_shape, kernel, stride, padding, count_include_pad):
+    dx = np.zeros(x_shape)
+    for n, c, oh, ow, cells in loop_windows(x_shape, kernel, stride, padding):
+        count = kernel[0] * kernel[1] if count_include_pad else len(cells)
+        for h, v in cells:
+            dx[n, c, h, v] += dy[n, c, oh, ow] / count
+    return dx
+
+
+# ----------------------------------------------------------------------------- random cases
+
+
+def conv_case(seed):
+    """(x_shape, w_shape, stride, padding, dilation, dtype): a random valid convolution."""
+    rng = np.random.default_rng(seed)
+    KH, KW = (int(k) for k in rng.integers(1, 6, size=2))
+    stride = tuple(int(s) for s in rng.integers(1, 4, size=2))
+    if seed % 2:  # half the cases take the direct (stride-1) path
+        stride = (1, 1)
+    padding = tuple(int(p) for p in rng.integers(0, 3, size=2))
+    dilation = tuple(int(d) for d in rng.integers(1, 4, size=2))
+    H, W = (int(d * (k - 1) + 1 - 2 * p + rng.integers(0, 9))
+            for d, k, p in zip(dilation, (KH, KW), padding))
+    H, W = max(H, 1), max(W, 1)
+    big = seed % 10 == 0  # many channels: the im2col + BLAS path at stride 1 too
+    C = int(rng.integers(12, 24) if big else rng.integers(1, 7))
+    OC = int(rng.integers(20, 30) if big else rng.integers(1, 9))
+    N = int(rng.integers(1, 5))
+    dtype = np.float32 if seed % 3 else np.float64
+    return (N, C, H, W), (OC, C, KH, KW), stride, padding, dilation, dtype
+
+
+def pool_case(seed):
+    """(x_shape, kernel, stride, padding, dtype): random valid pooling (padding <= kernel/2)."""
+    rng = np.random.default_rng(10_000 + seed)
+    kernel = tuple(int(k) for k in rng.integers(1, 5, size=2))
+    stride = tuple(int(s) for s in rng.integers(1, 4, size=2))
+    padding = tuple(int(rng.integers(0, k // 2 + 1)) for k in kernel)
+    H, W = (max(1, k - 2 * p + int(rng.integers(0, 9))) for k, p in zip(kernel, padding))
+    shape = (int(rng.integers(1, 4)), int(rng.integers(1, 5)), H, W)
+    dtype = np.float32 if seed % 3 else np.float64
+    return shape, kernel, stride, padding, dtype
+
+
+N_CONV, N_POOL = 240, 160
+
+
+def conv_terms(w_shape, dy_shape):
+    OC, C, KH, KW = w_shape
+    N, _, OH, OW = dy_shape
+    return C * KH * KW, OC * KH * KW, N * OH * OW  # per y, per dx, per dw element
+
+
+# ----------------------------------------------------------------------------- (a) reference
+
+
+REF_GEOMETRIES = [
+    ((2, 3, 7, 6), (4, 3, 3, 3), (1, 1), (0, 0), (1, 1)),
+    ((1, 2, 8, 9), (3, 2, 3, 2), (2, 1), (1, 2), (1, 1)),
+    ((2, 1, 9, 7), (2, 1, 2, 3), (1, 2), (2, 0), (2, 2)),
+    ((1, 3, 6, 8), (2, 3, 1, 1), (3, 2), (1, 1), (1, 3)),
+    ((1, 2, 5, 5), (1, 2, 5, 5), (1, 1), (2, 2), (1, 1)),
+]
+
+
+@pytest.mark.parametrize("x_shape,w_shape,stride,padding,dilation", REF_GEOMETRIES)
+def test_reference_conv_matches_loops(x_shape, w_shape, stride, padding, dilation):
+    rng = np.random.default_rng(1)
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    b = rng.standard_normal(w_shape[0])
+    y = ref_conv.conv2d(x, w, b, stride, padding, dilation)
+    np.testing.assert_allclose(y, loop_conv2d(x, w, b, stride, padding, dilation), atol=1e-12)
+    dy = rng.standard_normal(y.shape)
+    dx, dw = loop_conv2d_backward(x, w, dy, stride, padding, dilation)
+    got_dx = ref_conv.conv2d_backward_data(dy, w, x.shape, stride, padding, dilation)
+    got_dw = ref_conv.conv2d_backward_weight(x, dy, w.shape, stride, padding, dilation)
+    np.testing.assert_allclose(got_dx, dx, atol=1e-12)
+    np.testing.assert_allclose(got_dw, dw, atol=1e-12)
+
+
+POOL_GEOMETRIES = [
+    ((2, 3, 8, 8), (2, 2), (2, 2), (0, 0)),
+    ((1, 2, 7, 9), (3, 2), (2, 1), (1, 1)),
+    ((2, 1, 5, 6), (3, 3), (1, 1), (1, 0)),
+    ((1, 2, 9, 5), (4, 3), (3, 2), (2, 1)),
+]
+
+
+@pytest.mark.parametrize("x_shape,kernel,stride,padding", POOL_GEOMETRIES)
+def test_reference_pooling_matches_loops(x_shape, kernel, stride, padding):
+    rng = np.random.default_rng(2)
+    x = tie_free(rng, x_shape)
+    y, am = ref_pool.max_pool2d(x, kernel, stride, padding)
+    want_y, want_am = loop_max_pool2d(x, kernel, stride, padding)
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(am, want_am)
+    assert am.dtype == np.int32
+    dy = rng.standard_normal(y.shape)
+    dx = np.zeros(x_shape)
+    np.add.at(dx.reshape(x_shape[0], x_shape[1], -1),
+              (*np.indices(am.shape)[:2], am), dy)  # scatter-add at the argmax
+    got = ref_pool.max_pool2d_backward(dy, am, x_shape, kernel, stride, padding)
+    np.testing.assert_allclose(got, dx, atol=1e-12)
+    for cip in (True, False):
+        got = ref_pool.avg_pool2d(x, kernel, stride, padding, cip)
+        want = loop_avg_pool2d(x, kernel, stride, padding, cip)
+        np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
+        got = ref_pool.avg_pool2d_backward(dy, x_shape, kernel, stride, padding, cip)
+        want = loop_avg_pool2d_backward(dy, x_shape, kernel, stride, padding, cip)
+        np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
+
+
+def test_reference_max_pool_first_maximum_and_nan():
+    x = np.array([[[[1.0, 3.0, 3.0], [0.0, 3.0, -1.0], [np.nan, 2.0, 5.0]]]])
+    y, am = ref_pool.max_pool2d(x, (2, 2), (1, 1), (0, 0))
+    np.testing.assert_array_equal(am[0, 0], [[1, 1], [6, 8]])  # first 3 wins; NaN wins
+    assert np.isnan(y[0, 0, 1, 0]) and y[0, 0, 0, 0] == 3.0
+    y, am = cpu_pool.max_pool2d(x, (2, 2), (1, 1), (0, 0))
+    np.testing.assert_array_equal(am[0, 0], [[1, 1], [6, 8]])
+    ninf = np.full((1, 1, 2, 2), -np.inf)  # a window of -inf points at its first real element
+    for pool in (ref_pool, cpu_pool):
+        y, am = pool.max_pool2d(ninf, (2, 2), (2, 2), (1, 1))
+        np.testing.assert_array_equal(am[0, 0], [[0, 1], [2, 3]])
+
+
+# ----------------------------------------------------------------------------- (b) numba
+
+
+@pytest.mark.parametrize("seed", range(N_CONV))
+def test_cpu_conv_matches_reference(seed):
+    x_shape, w_shape, stride, padding, dilation, dtype = conv_case(seed)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype)
+    x64, w64, b64 = (a.astype(np.float64) for a in (x, w, b))
+    geo = (stride, padding, dilation)
+
+    y = cpu_conv.conv2d(x, w, b, *geo)
+    assert y.dtype == dtype and y.flags.c_contiguous
+    want = ref_conv.conv2d(x64, w64, b64, *geo)
+    mag = ref_conv.conv2d(np.abs(x64), np.abs(w64), np.abs(b64), *geo)
+    k_y, k_dx, k_dw = conv_terms(w_shape, want.shape)
+    assert_within_bound(y, want, mag, k_y)
+
+    dy = rng.standard_normal(want.shape).astype(dtype)
+    dy64 = dy.astype(np.float64)
+    dx = cpu_conv.conv2d_backward_data(dy, w, x_shape, *geo)
+    assert dx.dtype == dtype and dx.shape == x_shape
+    assert_within_bound(dx, ref_conv.conv2d_backward_data(dy64, w64, x_shape, *geo),
+                        ref_conv.conv2d_backward_data(np.abs(dy64), np.abs(w64), x_shape, *geo),
+                        k_dx)
+    dw = cpu_conv.conv2d_backward_weight(x, dy, w_shape, *geo)
+    assert dw.dtype == dtype and dw.shape == w_shape
+    assert_within_bound(dw, ref_conv.conv2d_backward_weight(x64, dy64, w_shape, *geo),
+                        ref_conv.conv2d_backward_weight(np.abs(x64), np.abs(dy64), w_shape, *geo),
+                        k_dw)
+
+
+@pytest.mark.parametrize("x_shape,w_shape", [
+    ((16, 3, 32, 32), (6, 3, 5, 5)),  # LeNet-5 conv1
+    ((16, 6, 14, 14), (16, 6, 5, 5)),  # LeNet-5 conv2
+])
+def test_cpu_conv_lenet_shapes(x_shape, w_shape):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    geo = ((1, 1), (0, 0), (1, 1))
+    y = cpu_conv.conv2d(x, w, None, *geo)
+    k_y, k_dx, k_dw = conv_terms(w_shape, y.shape)
+    assert_within_bound(y, ref_conv.conv2d(x64, w64, None, *geo),
+                        ref_conv.conv2d(np.abs(x64), np.abs(w64), None, *geo), k_y)
+    dy64 = rng.standard_normal(y.shape).astype(np.float32).astype(np.float64)
+    dy = dy64.astype(np.float32)
+    assert_within_bound(cpu_conv.conv2d_backward_data(dy, w, x_shape, *geo),
+                        ref_conv.conv2d_backward_data(dy64, w64, x_shape, *geo),
+                        ref_conv.conv2d_backward_data(np.abs(dy64), np.abs(w64), x_shape, *geo),
+                        k_dx)
+    assert_within_bound(cpu_conv.conv2d_backward_weight(x, dy, w_shape, *geo),
+                        ref_conv.conv2d_backward_weight(x64, dy64, w_shape, *geo),
+                        ref_conv.conv2d_backward_weight(np.abs(x64), np.abs(dy64), w_shape, *geo),
+                        k_dw)
+
+
+def test_cpu_conv_accepts_non_contiguous_and_rejects_mixed_dtypes():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 5, 3, 9)).astype(np.float32).transpose(0, 2, 1, 3)
+    w = rng.standard_normal((2, 6, 3, 3)).astype(np.float32)[:, ::2]
+    geo = ((1, 1), (1, 1), (1, 1))
+    want = ref_conv.conv2d(x.astype(np.float64), w.astype(np.float64), None, *geo)
+    np.testing.assert_allclose(cpu_conv.conv2d(x, w, None, *geo), want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(TypeError, match="mixed dtypes"):
+        cpu_conv.conv2d(x, w.astype(np.float64), None, *geo)
+
+
+@pytest.mark.parametrize("seed", range(N_POOL))
+def test_cpu_pooling_matches_reference(seed):
+    x_shape, kernel, stride, padding, dtype = pool_case(seed)
+    rng = np.random.default_rng(seed)
+    x = tie_free(rng, x_shape, dtype)
+    geo = (kernel, stride, padding)
+
+    y, am = cpu_pool.max_pool2d(x, *geo)
+    want_y, want_am = ref_pool.max_pool2d(x, *geo)
+    assert y.dtype == dtype and am.dtype == np.int32
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(am, want_am)
+
+    # each input element is in at most this many windows: the terms of one gradient sum
+    overlap = math.ceil(kernel[0] / stride[0]) * math.ceil(kernel[1] / stride[1])
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dy64, x64 = dy.astype(np.float64), x.astype(np.float64)
+    dx = cpu_pool.max_pool2d_backward(dy, am, x_shape, *geo)
+    assert dx.dtype == dtype
+    assert_within_bound(dx, ref_pool.max_pool2d_backward(dy64, am, x_shape, *geo),
+                        ref_pool.max_pool2d_backward(np.abs(dy64), am, x_shape, *geo), overlap)
+
+    for cip in (True, False):
+        y = cpu_pool.avg_pool2d(x, *geo, cip)
+        assert y.dtype == dtype
+        assert_within_bound(y, ref_pool.avg_pool2d(x64, *geo, cip),
+                            ref_pool.avg_pool2d(np.abs(x64), *geo, cip), kernel[0] * kernel[1])
+        dx = cpu_pool.avg_pool2d_backward(dy, x_shape, *geo, cip)
+        assert dx.dtype == dtype
+        assert_within_bound(dx, ref_pool.avg_pool2d_backward(dy64, x_shape, *geo, cip),
+                            ref_pool.avg_pool2d_backward(np.abs(dy64), x_shape, *geo, cip),
+                            overlap)
+
+
+# ----------------------------------------------------------------------------- (c) strict
+
+
+@pytest.fixture(scope="module")
+def strict():
+    xps = pytest.importorskip("array_api_strict")
+    dev = xps.Device("device1")
+    return (lambda a: xps.asarray(a, device=dev)), (lambda a: np.asarray(a.to_device(
+        xps.Device("CPU_DEVICE")))), dev
+
+
+@pytest.mark.parametrize("seed", range(2, 10))
+def test_reference_conv_on_strict_device(strict, seed):
+    put, get, dev = strict
+    x_shape, w_shape, stride, padding, dilation, dtype = conv_case(seed)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype)
+    geo = (stride, padding, dilation)
+    y = ref_conv.conv2d(put(x), put(w), put(b), *geo)
+    assert y.device == dev
+    np.testing.assert_array_equal(get(y), ref_conv.conv2d(x, w, b, *geo))
+    dy = rng.standard_normal(tuple(y.shape)).astype(dtype)
+    dx = ref_conv.conv2d_backward_data(put(dy), put(w), x_shape, *geo)
+    dw = ref_conv.conv2d_backward_weight(put(x), put(dy), w_shape, *geo)
+    assert dx.device == dev and dw.device == dev
+    np.testing.assert_array_equal(get(dx), ref_conv.conv2d_backward_data(dy, w, x_shape, *geo))
+    np.testing.assert_array_equal(get(dw), ref_conv.conv2d_backward_weight(x, dy, w_shape, *geo))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_reference_pooling_on_strict_device(strict, seed):
+    put, get, dev = strict
+    x_shape, kernel, stride, padding, dtype = pool_case(seed)
+    rng = np.random.default_rng(seed)
+    x = tie_free(rng, x_shape, dtype)
+    geo = (kernel, stride, padding)
+    y, am = ref_pool.max_pool2d(put(x), *geo)
+    want_y, want_am = ref_pool.max_pool2d(x, *geo)
+    assert y.device == dev and am.device == dev
+    np.testing.assert_array_equal(get(y), want_y)
+    np.testing.assert_array_equal(get(am), want_am)
+    dy = rng.standard_normal(want_y.shape).astype(dtype)
+    dx = ref_pool.max_pool2d_backward(put(dy), am, x_shape, *geo)
+    np.testing.assert_array_equal(get(dx), ref_pool.max_pool2d_backward(dy, want_am, x_shape, *geo))
+    for cip in (True, False):
+        y = ref_pool.avg_pool2d(put(x), *geo, cip)
+        np.testing.assert_array_equal(get(y), ref_pool.avg_pool2d(x, *geo, cip))
+        dx = ref_pool.avg_pool2d_backward(put(dy), x_shape, *geo, cip)
+        assert dx.device == dev
+        np.testing.assert_array_equal(get(dx), ref_pool.avg_pool2d_backward(dy, x_shape, *geo, cip))
+
+
+# ----------------------------------------------------------------------------- (d) torch
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("seed", [s for s in range(60) if s % 5 == 3])
+@pytest.mark.parametrize("kernels", ["cpu", "reference"])
+def test_conv_matches_torch(seed, kernels):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    impl = cpu_conv if kernels == "cpu" else ref_conv
+    x_shape, w_shape, stride, padding, dilation, _ = conv_case(seed)
+    rng = np.random.default_rng(seed)
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    b = rng.standard_normal(w_shape[0])
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    ty = F.conv2d(tx, tw, tb, stride, padding, dilation)
+    dy = rng.standard_normal(tuple(ty.shape))
+    ty.backward(torch.tensor(dy))
+    geo = (stride, padding, dilation)
+    tol = dict(rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(impl.conv2d(x, w, b, *geo), ty.detach().numpy(), **tol)
+    np.testing.assert_allclose(impl.conv2d_backward_data(dy, w, x_shape, *geo),
+                               tx.grad.numpy(), **tol)
+    np.testing.assert_allclose(impl.conv2d_backward_weight(x, dy, w_shape, *geo),
+                               tw.grad.numpy(), **tol)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("seed", range(0, 60, 5))
+@pytest.mark.parametrize("kernels", ["cpu", "reference"])
+def test_pooling_matches_torch(seed, kernels):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    impl = cpu_pool if kernels == "cpu" else ref_pool
+    x_shape, kernel, stride, padding, _ = pool_case(seed)
+    rng = np.random.default_rng(seed)
+    x = tie_free(rng, x_shape)
+    geo = (kernel, stride, padding)
+    tx = torch.tensor(x, requires_grad=True)
+    ty, ti = F.max_pool2d(tx, kernel, stride, padding, return_indices=True)
+    dy = rng.standard_normal(tuple(ty.shape))
+    ty.backward(torch.tensor(dy))
+    y, am = impl.max_pool2d(x, *geo)
+    np.testing.assert_array_equal(y, ty.detach().numpy())
+    np.testing.assert_array_equal(am, ti.numpy())
+    np.testing.assert_allclose(impl.max_pool2d_backward(dy, am, x_shape, *geo),
+                               tx.grad.numpy(), rtol=1e-12, atol=1e-12)
+    for cip in (True, False):
+        tx = torch.tensor(x, requires_grad=True)
+        ty = F.avg_pool2d(tx, kernel, stride, padding, count_include_pad=cip)
+        ty.backward(torch.tensor(dy))
+        np.testing.assert_allclose(impl.avg_pool2d(x, *geo, cip), ty.detach().numpy(),
+                                   rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(impl.avg_pool2d_backward(dy, x_shape, *geo, cip),
+                                   tx.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.torch
+def test_float32_lenet_conv_matches_torch():
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((8, 6, 14, 14)).astype(np.float32)
+    w = rng.standard_normal((16, 6, 5, 5)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    ty = F.conv2d(tx, tw, tb)
+    dy = rng.standard_normal(tuple(ty.shape)).astype(np.float32)
+    ty.backward(torch.tensor(dy))
+    geo = ((1, 1), (0, 0), (1, 1))
+    # both float32 with different summation orders: relative to the typical magnitude
+    scale = dict(rtol=1e-5, atol=1e-5 * float(np.sqrt(150)))
+    np.testing.assert_allclose(cpu_conv.conv2d(x, w, b, *geo), ty.detach().numpy(), **scale)
+    np.testing.assert_allclose(cpu_conv.conv2d_backward_data(dy, w, x.shape, *geo),
+                               tx.grad.numpy(), rtol=1e-5, atol=1e-5 * float(np.sqrt(400)))
+    np.testing.assert_allclose(cpu_conv.conv2d_backward_weight(x, dy, w.shape, *geo),
+                               tw.grad.numpy(), rtol=1e-5, atol=1e-5 * float(np.sqrt(800)))
