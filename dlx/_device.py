@@ -28,9 +28,10 @@ class Device:
     def backend(self):
         """The kernels and array helpers of this device (loaded on first use)."""
         if self._backend is None:
-            self._backend = _load_backend(self.type)
+            backend = _load_backend(self.type)
             if self.type == "cuda":
-                self._backend.check_index(self.index)
+                backend.check_index(self.index)
+            self._backend = backend
         return self._backend
 
     @property
@@ -53,7 +54,7 @@ class Device:
             if dtype is None or _same_dtype(data.dtype, dtype):
                 return self.xp.asarray(data, copy=True) if copy else data
             return self.xp.astype(data, self.dtype(dtype))
-        if hasattr(data, "__array_namespace__"):
+        if is_array(data):
             data = to_numpy(data)
         return self.backend.asarray(data, self.index, dtype)
 
@@ -159,8 +160,25 @@ def device_of(x) -> Device:
     raise TypeError(f"expected an array (numpy, cupy or array-api-strict), got {type(x).__name__}")
 
 
+_ARRAY_LIBRARIES = ("numpy", "cupy", "array_api_strict")
+_NAMESPACES: dict = {}  # array type -> namespace, for the one-array fast path
+
+
+def is_array(x) -> bool:
+    """True for an array (or array scalar) of NumPy, CuPy or array-api-strict."""
+    return type(x).__module__.split(".", 1)[0] in _ARRAY_LIBRARIES and hasattr(x, "shape")
+
+
 def get_namespace(*arrays):
-    """The array namespace (xp) of the arrays; they must all live on one device."""
+    """The array namespace (xp) of the arrays; they must all live on one device.
+
+    For CuPy this is array-api-compat's wrapper, never CuPy's own module.
+    """
+    if len(arrays) == 1:
+        xp = _NAMESPACES.get(type(arrays[0]))
+        if xp is None:
+            xp = _NAMESPACES[type(arrays[0])] = device_of(arrays[0]).xp
+        return xp
     if not arrays:
         return get_default_device().xp
     devices = {device_of(a) for a in arrays}
@@ -172,7 +190,7 @@ def get_namespace(*arrays):
 
 def to_numpy(x):
     """A NumPy copy (or view, on CPU) of an array from any device; host data passes through."""
-    if not hasattr(x, "__array_namespace__") or type(x).__module__.startswith("numpy"):
+    if not is_array(x) or type(x).__module__.startswith("numpy"):
         import numpy
 
         return numpy.asarray(x)
@@ -196,4 +214,4 @@ def asarray(data, device: str | Device | None = None, dtype=None):
 
 
 def _is_device_array(x) -> bool:
-    return hasattr(x, "__array_namespace__") and not type(x).__module__.startswith("numpy")
+    return is_array(x) and not type(x).__module__.startswith("numpy")

@@ -5,6 +5,7 @@ Each caches the least its backward needs (usually the output) and works on any s
 
 from __future__ import annotations
 
+from dlx._device import get_namespace
 from dlx.nn.module import Module
 
 
@@ -13,11 +14,11 @@ class _Activation(Module):
 
     def forward(self, x):
         self._check_device(x)
-        return self._forward(x.__array_namespace__(), x)
+        return self._forward(get_namespace(x), x)
 
     def backward(self, dy):
         self._saved()
-        return self._backward(dy.__array_namespace__(), dy)
+        return self._backward(get_namespace(dy), dy)
 
 
 class ReLU(_Activation):

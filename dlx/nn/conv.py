@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 from dlx import init
+from dlx._device import get_namespace
 from dlx.backends.base import conv2d_output_size
 from dlx.nn._util import check_input, new_parameter, pair
 from dlx.nn.module import Module
@@ -122,7 +123,7 @@ class ConvTranspose2d(_ConvNd):
         y = backend.conv2d_backward_data(x, self.weight.data, (x.shape[0], self.out_channels, oh, ow),
                                          *self._geometry())
         if self.bias is not None:
-            xp = y.__array_namespace__()
+            xp = get_namespace(y)
             y = y + xp.reshape(self.bias.data, (1, self.out_channels, 1, 1))
         self._cache = (x, backend)
         return y
@@ -136,7 +137,7 @@ class ConvTranspose2d(_ConvNd):
             self.weight.accumulate_grad(
                 backend.conv2d_backward_weight(dy, x, tuple(w.shape), *geometry))
             if self.bias is not None:
-                self.bias.accumulate_grad(dy.__array_namespace__().sum(dy, axis=(0, 2, 3)))
+                self.bias.accumulate_grad(get_namespace(dy).sum(dy, axis=(0, 2, 3)))
         return dx
 
     def extra_repr(self):

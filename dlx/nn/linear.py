@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from dlx import init
+from dlx._device import get_namespace
 from dlx.nn._util import check_input, new_parameter
 from dlx.nn.module import Module
 
@@ -31,7 +32,7 @@ class Linear(Module):
 
     def forward(self, x):
         check_input(self, x, tuple(range(1, 9)), "(*, in_features)", self.in_features, -1)
-        xp = x.__array_namespace__()
+        xp = get_namespace(x)
         x2 = xp.reshape(x, (-1, self.in_features))
         y = xp.matmul(x2, self.weight.data.T)
         if self.bias is not None:
@@ -41,7 +42,7 @@ class Linear(Module):
 
     def backward(self, dy):
         x2, x_shape = self._saved()
-        xp = dy.__array_namespace__()
+        xp = get_namespace(dy)
         dy2 = xp.reshape(dy, (-1, self.out_features))
         if self._grad_enabled:
             self.weight.accumulate_grad(xp.matmul(dy2.T, x2))
@@ -74,7 +75,7 @@ class Flatten(Module):
         self.start_dim, self.end_dim = start_dim, end_dim
 
     def forward(self, x):
-        xp = x.__array_namespace__()
+        xp = get_namespace(x)
         nd = x.ndim
         s, e = self.start_dim % max(nd, 1), self.end_dim % max(nd, 1)
         if nd == 0 or s > e:
@@ -86,7 +87,7 @@ class Flatten(Module):
         return xp.reshape(x, shape)
 
     def backward(self, dy):
-        return dy.__array_namespace__().reshape(dy, self._saved())
+        return get_namespace(dy).reshape(dy, self._saved())
 
     def extra_repr(self):
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
@@ -100,7 +101,7 @@ class Unflatten(Module):
         self.dim, self.unflattened_size = dim, tuple(unflattened_size)
 
     def forward(self, x):
-        xp = x.__array_namespace__()
+        xp = get_namespace(x)
         d = self.dim % x.ndim
         if x.shape[d] != math.prod(self.unflattened_size):
             raise ValueError(
@@ -111,7 +112,7 @@ class Unflatten(Module):
         return xp.reshape(x, x.shape[:d] + self.unflattened_size + x.shape[d + 1 :])
 
     def backward(self, dy):
-        return dy.__array_namespace__().reshape(dy, self._saved())
+        return get_namespace(dy).reshape(dy, self._saved())
 
     def extra_repr(self):
         return f"dim={self.dim}, unflattened_size={self.unflattened_size}"

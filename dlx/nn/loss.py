@@ -7,7 +7,7 @@ classification losses), "sum" adds them up.
 
 from __future__ import annotations
 
-from dlx._device import device_of
+from dlx._device import device_of, get_namespace, is_array
 from dlx.backends.host_random import dtype_name
 from dlx.nn.module import Module
 
@@ -24,7 +24,7 @@ class _Loss(Module):
     def _check_pair(self, input, target, same_shape: bool = True):
         self._check_device(input, "input")
         name = type(self).__name__
-        if not hasattr(target, "__array_namespace__"):
+        if not is_array(target):
             raise TypeError(f"{name}: target must be an array on the input's device, got "
                             f"{type(target).__name__}; use dlx.asarray(target, device=...)")
         if device_of(target) != device_of(input):
@@ -60,7 +60,7 @@ class MSELoss(_Loss):
 
     def forward(self, input, target):
         self._check_pair(input, target)
-        xp = input.__array_namespace__()
+        xp = get_namespace(input)
         diff = input - target
         self._cache = diff * (2.0 * self._scale(diff.size))
         return self._reduce(xp, diff * diff, diff.size)
@@ -72,7 +72,7 @@ class BCELoss(_Loss):
 
     def forward(self, input, target):
         self._check_pair(input, target)
-        xp = input.__array_namespace__()
+        xp = get_namespace(input)
         if not bool(xp.all((input >= 0) & (input <= 1))):
             raise ValueError("BCELoss: input must hold probabilities in [0, 1]; "
                              "for raw scores use BCEWithLogitsLoss")
@@ -91,7 +91,7 @@ class BCEWithLogitsLoss(_Loss):
 
     def forward(self, input, target):
         self._check_pair(input, target)
-        xp = input.__array_namespace__()
+        xp = get_namespace(input)
         e = xp.exp(-xp.abs(input))
         per = xp.maximum(input, 0.0) - input * target + xp.log1p(e)
         sigmoid = xp.where(input >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
@@ -105,7 +105,7 @@ class _ClassLoss(_Loss):
     def _one_hot(self, input, target):
         self._check_pair(input, target, same_shape=False)
         name = type(self).__name__
-        xp = input.__array_namespace__()
+        xp = get_namespace(input)
         if input.ndim != 2:
             raise ValueError(f"{name}: expected input of shape (N, C), got {tuple(input.shape)}")
         if target.ndim != 1 or target.shape[0] != input.shape[0]:
@@ -126,7 +126,7 @@ class CrossEntropyLoss(_ClassLoss):
 
     def forward(self, input, target):
         one_hot = self._one_hot(input, target)
-        xp = input.__array_namespace__()
+        xp = get_namespace(input)
         shifted = input - xp.max(input, axis=1, keepdims=True)
         exp = xp.exp(shifted)
         sum_exp = xp.sum(exp, axis=1, keepdims=True)
@@ -141,7 +141,7 @@ class NLLLoss(_ClassLoss):
 
     def forward(self, input, target):
         one_hot = self._one_hot(input, target)
-        xp = input.__array_namespace__()
+        xp = get_namespace(input)
         n = input.shape[0]
         self._cache = one_hot * (-self._scale(n))
         return self._reduce(xp, -(one_hot * input), n)

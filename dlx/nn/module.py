@@ -9,7 +9,7 @@ from __future__ import annotations
 import weakref
 from collections import OrderedDict
 
-from dlx._device import Device, device_of, to_numpy
+from dlx._device import Device, device_of, is_array, to_numpy
 from dlx._device import device as _device
 from dlx.backends.host_random import dtype_name
 
@@ -257,7 +257,7 @@ class Module:
     def _check_device(self, x, what: str = "input") -> None:
         """Raise if ``x`` is not an array on this module's device (or dtype differs)."""
         dev = self.device
-        if not hasattr(x, "__array_namespace__"):
+        if not is_array(x):
             raise TypeError(
                 f"{type(self).__name__}: {what} must be an array, got {type(x).__name__}; "
                 f"convert it with dlx.asarray(data, device='{dev or 'cpu'}')"

@@ -7,7 +7,7 @@ with the unbiased variance; eval mode uses the running statistics (PyTorch's rul
 
 from __future__ import annotations
 
-from dlx._device import device_of
+from dlx._device import device_of, get_namespace
 from dlx._random import generator
 from dlx.nn._util import check_input, new_parameter
 from dlx.nn.module import Module
@@ -30,7 +30,7 @@ class _BatchNorm(Module):
             self.weight.data = self.weight.data + 1.0
         if track_running_stats:
             stat = new_parameter((num_features,), device, dtype).data
-            xp = stat.__array_namespace__()
+            xp = get_namespace(stat)
             self.register_buffer("running_mean", stat)
             self.register_buffer("running_var", stat + 1.0)
             self.register_buffer("num_batches_tracked",
@@ -43,7 +43,7 @@ class _BatchNorm(Module):
 
     def forward(self, x):
         check_input(self, x, self._ranks, self._layout, self.num_features)
-        xp = x.__array_namespace__()
+        xp = get_namespace(x)
         axes, bshape = self._shape(x)
         use_batch_stats = self.training or not self.track_running_stats
         if use_batch_stats:
@@ -80,7 +80,7 @@ class _BatchNorm(Module):
 
     def backward(self, dy):
         xhat, invstd, use_batch_stats, axes, bshape = self._saved()
-        xp = dy.__array_namespace__()
+        xp = get_namespace(dy)
         if self.affine:
             if self._grad_enabled:
                 self.weight.accumulate_grad(xp.sum(dy * xhat, axis=axes))
@@ -124,7 +124,7 @@ class Dropout(Module):
         if not self.training or self.p == 0.0:
             self._cache = None, True
             return x
-        xp = x.__array_namespace__()
+        xp = get_namespace(x)
         if self.p == 1.0:
             mask = xp.zeros_like(x)
         else:

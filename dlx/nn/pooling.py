@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dlx._device import device_of
+from dlx._device import device_of, get_namespace
 from dlx.backends.base import pool2d_output_size
 from dlx.nn._util import check_input, pair
 from dlx.nn.module import Module
@@ -97,7 +97,7 @@ class Upsample(Module):
 
     def forward(self, x):
         check_input(self, x, 4, "(N, C, H, W)")
-        xp = x.__array_namespace__()
+        xp = get_namespace(x)
         n, c, h, w = x.shape
         sh, sw = self.scale_factor
         self._cache = tuple(x.shape)
@@ -106,7 +106,7 @@ class Upsample(Module):
 
     def backward(self, dy):
         n, c, h, w = self._saved()
-        xp = dy.__array_namespace__()
+        xp = get_namespace(dy)
         sh, sw = self.scale_factor
         return xp.sum(xp.reshape(dy, (n, c, h, sh, w, sw)), axis=(3, 5))
 

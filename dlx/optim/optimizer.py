@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from dlx._device import device_of, to_numpy
+from dlx._device import device_of, is_array, to_numpy
 from dlx.nn.module import Parameter
 
 
@@ -151,7 +151,7 @@ class Optimizer:
         if not state:
             return
         for k, v in state.items():
-            if hasattr(v, "__array_namespace__"):
+            if is_array(v):
                 state[k] = dev.asarray(v, dtype=dtype)
 
     # ---- checkpoints --------------------------------------------------------------------------

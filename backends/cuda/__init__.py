@@ -1,0 +1,190 @@
+"""The CUDA backend: xp = CuPy through array-api-compat, convolution and pooling as
+hand-written CUDA kernels (``*.cu`` beside their launchers, compiled on first use).
+
+Importing this package imports nothing from CuPy; ``CUDABackend()`` does, and raises
+``DeviceError`` naming the cause and the fix when the GPU cannot be used. Set
+``DLX_CUDA_SYNC=1`` to synchronise after every kernel launch, so an illegal memory access is
+reported at the kernel that made it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..base import Backend, DeviceError
+from ..host_random import dtype_name
+
+INSTALL = 'pip install "dlx[cuda]"'
+
+
+def _import_cupy():
+    """CuPy, or a DeviceError telling apart 'not installed' from 'installed but unusable'."""
+    try:
+        import cupy
+    except ModuleNotFoundError as e:
+        if e.name not in ("cupy", None):  # CuPy is there but one of its own imports is missing
+            raise DeviceError(_unusable(f"{type(e).__name__}: {e}")) from e
+        raise DeviceError(
+            f"CUDA was requested but CuPy is not installed. Fix: {INSTALL} "
+            f"(installs cupy-cuda12x and array-api-compat)."
+        ) from e
+    except Exception as e:  # ImportError from a broken wheel, missing libcudart, ...
+        raise DeviceError(_unusable(f"{type(e).__name__}: {e}")) from e
+    return cupy
+
+
+def _unusable(detail: str) -> str:
+    return (
+        "CUDA was requested and CuPy is installed but unusable (usually a CuPy wheel built for "
+        "another CUDA major version than the driver supports). CuPy said: "
+        f"{detail}. Fix: install the wheel matching the driver's CUDA version, e.g. "
+        '"pip uninstall cupy-cuda12x && pip install cupy-cuda11x" for a CUDA 11 driver '
+        "(nvidia-smi shows the version), or update the NVIDIA driver."
+    )
+
+
+def _device_count(cupy) -> int:
+    """Number of visible GPUs; DeviceError when there is none or the driver refuses CuPy."""
+    runtime = cupy.cuda.runtime
+    try:
+        count = runtime.getDeviceCount()
+    except runtime.CUDARuntimeError as e:
+        text = str(e)
+        if "NoDevice" in text or getattr(e, "status", None) == 100:
+            count = 0
+        else:
+            raise DeviceError(_unusable(f"CUDARuntimeError: {text}")) from e
+    except Exception as e:
+        raise DeviceError(_unusable(f"{type(e).__name__}: {e}")) from e
+    if count == 0:
+        raise DeviceError(
+            "CUDA was requested but no NVIDIA GPU is visible (CuPy found 0 devices; check "
+            "nvidia-smi and CUDA_VISIBLE_DEVICES). Use device='cpu' on this machine."
+        )
+    return count
+
+
+def _import_xp():
+    try:
+        import array_api_compat.cupy as xp
+    except ModuleNotFoundError as e:
+        if e.name in ("array_api_compat", "array_api_compat.cupy", None):
+            raise DeviceError(
+                "CUDA was requested but array-api-compat (the Array-API wrapper dlx uses over "
+                f"CuPy) is not installed. Fix: pip install array-api-compat (or {INSTALL})."
+            ) from e
+        detail = f"{type(e).__name__}: {e}"
+    except Exception as e:  # e.g. an array-api-compat too old or too new for this CuPy
+        detail = f"{type(e).__name__}: {e}"
+    else:
+        return xp
+    raise DeviceError(
+        f"CUDA was requested but array-api-compat could not wrap this CuPy ({detail}). "
+        "Fix: pip install -U array-api-compat."
+    )
+
+
+class CUDABackend(Backend):
+    name = "cuda"
+
+    def __init__(self):
+        cupy = _import_cupy()
+        self.xp = _import_xp()
+        self.device_count = _device_count(cupy)
+        try:  # a first allocation and a compiled kernel: catches a missing NVRTC or libcublas
+            cupy.arange(2, dtype=cupy.float32).sum().item()
+        except Exception as e:
+            raise DeviceError(_unusable(f"{type(e).__name__}: {e}")) from e
+        self._cupy = cupy
+        from . import conv2d, pooling, rng
+
+        self._rng = rng
+        self.conv2d = conv2d.conv2d
+        self.conv2d_backward_data = conv2d.conv2d_backward_data
+        self.conv2d_backward_weight = conv2d.conv2d_backward_weight
+        self.conv2d_backward = conv2d.conv2d_backward
+        self.conv2d_backward_bias = conv2d.conv2d_backward_bias
+        self.max_pool2d = pooling.max_pool2d
+        self.max_pool2d_backward = pooling.max_pool2d_backward
+        self.avg_pool2d = pooling.avg_pool2d
+        self.avg_pool2d_backward = pooling.avg_pool2d_backward
+
+    def check_index(self, index) -> None:
+        """DeviceError unless GPU ``index`` exists."""
+        if not isinstance(index, int) or not 0 <= index < self.device_count:
+            n = self.device_count
+            raise DeviceError(
+                f"cuda:{index} does not exist: this machine has {n} GPU{'s' if n != 1 else ''} "
+                f"(cuda:0 .. cuda:{n - 1})"
+            )
+
+    def array_device(self, index):
+        return self._cupy.cuda.Device(index)
+
+    def owns(self, x, index=None):
+        return isinstance(x, self._cupy.ndarray) and (index is None or x.device.id == index)
+
+    def asarray(self, data, index=None, dtype=None):
+        dtype = None if dtype is None else dtype_name(dtype)
+        cp = self._cupy
+        with cp.cuda.Device(index or 0):
+            if isinstance(data, cp.ndarray):  # from another GPU: a device-to-device copy
+                return cp.array(data, dtype=dtype, copy=True)
+            return cp.asarray(np.asarray(data, dtype=dtype))
+
+    def to_numpy(self, x):
+        return self._cupy.asnumpy(x)
+
+    def generator(self, index, seed):
+        return self._rng.CUDAGenerator(index or 0, seed)
+
+    def synchronize(self, index=None):
+        self._cupy.cuda.Device(index or 0).synchronize()
+
+
+def cuda_info() -> dict:
+    """What ``dlx info`` shows about CUDA: versions and GPUs, or the DeviceError's text."""
+    try:
+        cupy = _import_cupy()
+        count = _device_count(cupy)
+    except DeviceError as e:
+        return {"available": False, "error": str(e)}
+    runtime = cupy.cuda.runtime
+    info = {"available": True, "cupy": cupy.__version__}
+    for key, get in (("cuda_runtime", runtime.runtimeGetVersion),
+                     ("cuda_driver", runtime.driverGetVersion)):
+        try:
+            v = int(get())
+            info[key] = f"{v // 1000}.{v % 1000 // 10}"
+        except Exception as e:  # pragma: no cover - depends on the machine
+            info[key] = f"unknown ({e})"
+    try:
+        info["nvrtc"] = ".".join(str(v) for v in cupy.cuda.nvrtc.getVersion())
+    except Exception:  # pragma: no cover
+        info["nvrtc"] = "unknown"
+    try:
+        import array_api_compat
+
+        info["array_api_compat"] = array_api_compat.__version__
+    except ImportError:
+        info["array_api_compat"] = "not installed (pip install array-api-compat)"
+    gpus = []
+    for i in range(count):
+        props = runtime.getDeviceProperties(i)
+        name = props["name"]
+        gpu = {
+            "index": i,
+            "name": name.decode() if isinstance(name, bytes) else str(name),
+            "compute_capability": f"{props['major']}.{props['minor']}",
+            "multiprocessors": int(props["multiProcessorCount"]),
+            "memory_total_gib": round(int(props["totalGlobalMem"]) / 2**30, 2),
+        }
+        try:
+            with cupy.cuda.Device(i):
+                free, _ = runtime.memGetInfo()
+            gpu["memory_free_gib"] = round(free / 2**30, 2)
+        except Exception:  # pragma: no cover
+            pass
+        gpus.append(gpu)
+    info["gpus"] = gpus
+    return info
