@@ -26,16 +26,24 @@ float32 = "float32"
 float64 = "float64"
 
 _SUBMODULES = ("data", "init", "models", "nn", "optim", "testing")
+_LAZY = {  # name -> module that defines it, imported on first use
+    "save": "dlx.serialization", "load": "dlx.serialization",
+    "fit": "dlx.training", "evaluate": "dlx.training", "History": "dlx.training",
+    "Callback": "dlx.training", "Checkpoint": "dlx.training", "EarlyStopping": "dlx.training",
+}
 
 
 def __getattr__(name):  # import submodules on first use: `import dlx` stays light
-    if name in _SUBMODULES:
-        import importlib
+    import importlib
 
+    if name in _SUBMODULES:
         return importlib.import_module(f"dlx.{name}")
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'dlx' has no attribute {name!r}")
 
 __all__ = [
+    "Callback", "Checkpoint", "EarlyStopping", "History", "evaluate", "fit", "load", "save",
     "Device",
     "DeviceError",
     "asarray",

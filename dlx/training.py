@@ -1,0 +1,255 @@
+"""The training loop: ``dlx.fit`` (epochs, validation, history, progress bar, callbacks,
+learning-rate schedulers, resume) and ``dlx.evaluate``, as Keras' ``fit`` does it.
+
+A step is: forward, loss, explicit backward, optimizer step, zero_grad. The loss is read
+back to the host once a step (that is how a NaN is caught at the step that made it).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+from dlx._device import get_namespace, to_numpy
+from dlx.serialization import save
+
+
+class History:
+    """Per-epoch records: ``history["loss"][e]``, ``"accuracy"``, ``"val_loss"``,
+    ``"val_accuracy"``, ``"lr"``, ``"time_s"``, ``"images_per_s"``, ``"epoch"`` (1-based)."""
+
+    def __init__(self, history: dict | None = None):
+        self.history: dict = {k: list(v) for k, v in (history or {}).items()}
+
+    def append(self, logs: dict) -> None:
+        for k, v in logs.items():
+            self.history.setdefault(k, []).append(v)
+
+    def __getitem__(self, key):
+        return self.history[key]
+
+    def __len__(self):
+        return len(self.history.get("epoch", []))
+
+    def to_dict(self) -> dict:
+        return {k: list(v) for k, v in self.history.items()}
+
+
+class Callback:
+    """Hooks called by ``fit``. ``on_epoch_end`` may return True to stop training."""
+
+    def on_train_begin(self, state: dict) -> None:
+        pass
+
+    def on_epoch_end(self, epoch: int, logs: dict, state: dict) -> bool | None:
+        return None
+
+    def on_train_end(self, state: dict) -> None:
+        pass
+
+
+def _better(mode: str, value: float, best: float | None, min_delta: float = 0.0) -> bool:
+    if best is None:
+        return True
+    return value < best - min_delta if mode == "min" else value > best + min_delta
+
+
+def _mode_for(monitor: str, mode: str) -> str:
+    if mode != "auto":
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min', 'max' or 'auto', got {mode!r}")
+        return mode
+    return "max" if "acc" in monitor else "min"
+
+
+class Checkpoint(Callback):
+    """Save model, optimizer, scheduler, epoch, history and RNG state to ``path`` every
+    ``every`` epochs (and after the last one). With ``keep_best``, also keep the epoch
+    with the best ``monitor`` value in ``<path stem>.best.npz``. ``meta`` is saved too."""
+
+    def __init__(self, path, every: int = 1, keep_best: bool = False, monitor: str = "val_loss",
+                 mode: str = "auto", meta: dict | None = None):
+        if every < 1:
+            raise ValueError(f"Checkpoint: every must be >= 1, got {every}")
+        self.path, self.every, self.keep_best = os.fspath(path), int(every), bool(keep_best)
+        self.monitor, self.mode = monitor, _mode_for(monitor, mode)
+        self.meta = dict(meta or {})  # saved with every checkpoint (e.g. model name, data set)
+        self.best: float | None = None
+        self.last_saved: str | None = None
+
+    @property
+    def best_path(self) -> str:
+        stem, ext = os.path.splitext(self.path)
+        return f"{stem}.best{ext or '.npz'}"
+
+    def _write(self, path, state, epoch):
+        sched = state.get("scheduler")
+        save(path, state["model"], state["optimizer"], **{
+            **self.meta, "epoch": epoch + 1, "history": state["history"].to_dict(),
+            "scheduler": None if sched is None else sched.state_dict()})
+
+    def on_epoch_end(self, epoch, logs, state):
+        last = epoch + 1 == state["epochs"]
+        if (epoch + 1) % self.every == 0 or last:
+            self._write(self.path, state, epoch)
+            self.last_saved = self.path
+        if self.keep_best:
+            value = logs.get(self.monitor)
+            if value is None:
+                raise KeyError(f"Checkpoint: monitor {self.monitor!r} is not among the logged "
+                               f"values {sorted(logs)}")
+            if _better(self.mode, value, self.best):
+                self.best = value
+                self._write(self.best_path, state, epoch)
+        return None
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs."""
+
+    def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0,
+                 mode: str = "auto"):
+        self.monitor, self.patience, self.min_delta = monitor, int(patience), float(min_delta)
+        self.mode = _mode_for(monitor, mode)
+        self.best: float | None = None
+        self.wait = 0
+        self.stopped_epoch: int | None = None
+
+    def on_epoch_end(self, epoch, logs, state):
+        value = logs.get(self.monitor)
+        if value is None:
+            raise KeyError(f"EarlyStopping: monitor {self.monitor!r} is not among the logged "
+                           f"values {sorted(logs)}")
+        if _better(self.mode, value, self.best, self.min_delta):
+            self.best, self.wait = value, 0
+            return False
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.stopped_epoch = epoch + 1
+            return True
+        return False
+
+
+def _correct(xp, out, y):
+    """Number of rows of ``out`` whose argmax is the label, as a 0-d device array."""
+    return xp.sum(xp.astype(xp.argmax(out, axis=1) == y, xp.int64))
+
+
+def evaluate(model, loss_fn, loader, metrics=("accuracy",)) -> dict:
+    """Mean loss (and accuracy) of ``model`` over ``loader`` in eval mode."""
+    was_training = model.training
+    model.eval()
+    total, correct, n = 0.0, 0, 0
+    try:
+        for x, y in loader:
+            out = model(x)
+            xp = get_namespace(out)
+            total += float(to_numpy(loss_fn(out, y))) * y.shape[0]
+            if "accuracy" in metrics:
+                correct += int(to_numpy(_correct(xp, out, y)))
+            n += y.shape[0]
+    finally:
+        model.train(was_training)
+    if n == 0:
+        raise ValueError("evaluate: the loader produced no batches")
+    logs = {"loss": total / n}
+    if "accuracy" in metrics:
+        logs["accuracy"] = correct / n
+    return logs
+
+
+def _step_scheduler_per_batch(scheduler) -> bool:
+    return type(scheduler).__name__ == "OneCycleLR"
+
+
+def fit(model, loss_fn, optimizer, train_loader, epochs: int, val_loader=None, scheduler=None,
+        callbacks=(), metrics=("accuracy",), progress: bool = True, initial_epoch: int = 0,
+        history: History | dict | None = None) -> History:
+    """Train for epochs ``initial_epoch .. epochs - 1`` and return the ``History``.
+
+    ``scheduler`` steps once an epoch (OneCycleLR: once a batch). ``callbacks``:
+    ``Checkpoint``, ``EarlyStopping`` or any ``Callback``. ``progress`` shows one tqdm bar
+    per epoch (loss, accuracy, images/s); False prints nothing. To resume, load a checkpoint
+    with ``dlx.load`` and pass ``initial_epoch=meta["epoch"]`` and ``history=meta["history"]``.
+    A NaN or infinite loss raises FloatingPointError naming the epoch and step; checkpoints
+    already written are kept.
+    """
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"fit: epochs must be a positive int, got {epochs!r}")
+    if not 0 <= initial_epoch <= epochs:
+        raise ValueError(f"fit: initial_epoch {initial_epoch} is outside 0..{epochs}")
+    unknown = set(metrics) - {"accuracy"}
+    if unknown:
+        raise ValueError(f"fit: unknown metrics {sorted(unknown)}; available: ['accuracy']")
+    hist = history if isinstance(history, History) else History(history)
+    state = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "history": hist,
+             "epochs": epochs}
+    per_batch = scheduler is not None and _step_scheduler_per_batch(scheduler)
+    for cb in callbacks:
+        cb.on_train_begin(state)
+    if hasattr(train_loader, "set_epoch"):
+        train_loader.set_epoch(initial_epoch)
+    from tqdm.auto import tqdm
+
+    for epoch in range(initial_epoch, epochs):
+        model.train()
+        lr = float(optimizer.param_groups[0]["lr"])
+        bar = tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
+                   disable=not progress, leave=True, dynamic_ncols=True)
+        t0 = time.perf_counter()
+        total, correct, seen = 0.0, 0, 0
+        for step, (x, y) in enumerate(train_loader):
+            out = model(x)
+            loss = loss_fn(out, y)
+            value = float(to_numpy(loss))
+            if not math.isfinite(value):
+                bar.close()
+                saved = [cb.last_saved for cb in callbacks if getattr(cb, "last_saved", None)]
+                kept = f"; the last good checkpoint is {saved[-1]}" if saved else ""
+                raise FloatingPointError(
+                    f"loss became {value} at epoch {epoch + 1}, step {step + 1}: training stopped "
+                    f"(try a lower learning rate){kept}")
+            model.backward(loss_fn.backward())
+            optimizer.step()
+            optimizer.zero_grad()
+            if per_batch:
+                scheduler.step()
+            n = y.shape[0]
+            total += value * n
+            seen += n
+            if "accuracy" in metrics:
+                correct += int(to_numpy(_correct(get_namespace(out), out, y)))
+            if progress:
+                elapsed = time.perf_counter() - t0
+                post = {"loss": f"{total / seen:.4f}"}
+                if "accuracy" in metrics:
+                    post["acc"] = f"{correct / seen:.4f}"
+                post["img/s"] = f"{seen / max(elapsed, 1e-9):.0f}"
+                bar.set_postfix(post, refresh=False)
+                bar.update(1)
+        elapsed = time.perf_counter() - t0
+        bar.close()
+        if seen == 0:
+            raise ValueError("fit: the training loader produced no batches")
+        logs = {"epoch": epoch + 1, "loss": total / seen}
+        if "accuracy" in metrics:
+            logs["accuracy"] = correct / seen
+        logs.update({"lr": lr, "time_s": elapsed, "images_per_s": seen / elapsed})
+        if val_loader is not None:
+            val = evaluate(model, loss_fn, val_loader, metrics)
+            logs.update({f"val_{k}": v for k, v in val.items()})
+        if scheduler is not None and not per_batch:
+            scheduler.step()
+        hist.append(logs)
+        if progress:
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in logs.items() if k != "epoch")
+            tqdm.write(f"epoch {epoch + 1}/{epochs}: {shown}")
+        stop = False
+        for cb in callbacks:
+            stop = bool(cb.on_epoch_end(epoch, logs, state)) or stop
+        if stop:
+            break
+    for cb in callbacks:
+        cb.on_train_end(state)
+    return hist

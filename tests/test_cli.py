@@ -1,0 +1,83 @@
+"""The `dlx` command: info, train, eval, and one-line errors with non-zero exits."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dlx.cli import main
+
+
+def write_idx(path, array):
+    """An IDX file as MNIST's (big-endian dims, uint8 data), gzip-compressed."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+
+
+@pytest.fixture
+def mnist_dir(tmp_path):
+    """A tiny MNIST folder in the official format: class c lights up row block c."""
+    root = tmp_path / "data"
+    (root / "mnist").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 128), ("t10k", 64)):
+        y = rng.integers(0, 10, n)
+        x = rng.integers(0, 40, (n, 28, 28))
+        for i, c in enumerate(y):
+            x[i, 2 * c + 3 : 2 * c + 6, 4:24] = 250
+        write_idx(root / "mnist" / f"{prefix}-images-idx3-ubyte.gz", x)
+        write_idx(root / "mnist" / f"{prefix}-labels-idx1-ubyte.gz", y)
+    return root
+
+
+def test_train_then_eval(mnist_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["train", "lenet5", "--dataset", "mnist", "--data-dir", str(mnist_dir), "--epochs", "2",
+               "--batch-size", "32", "--lr", "0.003", "--out", str(out), "--quiet", "--augment"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "device cpu, dtype float32" in text and "test accuracy" in text
+    hist = json.loads((out / "history.json").read_text())
+    assert hist["epoch"] == [1, 2] and len(hist["val_accuracy"]) == 2
+    assert (out / "model.npz").exists()
+    pytest.importorskip("matplotlib")
+    assert (out / "curves.png").stat().st_size > 1000
+    assert main(["eval", str(out / "model.npz"), "--data-dir", str(mnist_dir)]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    assert (out / "confusion.png").exists()
+    # resume continues from the saved epoch
+    rc = main(["train", "lenet5", "--dataset", "mnist", "--data-dir", str(mnist_dir), "--epochs", "3",
+               "--batch-size", "32", "--out", str(out), "--quiet", "--resume", str(out / "model.npz")])
+    assert rc == 0 and json.loads((out / "history.json").read_text())["epoch"] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("argv, code, pattern", [
+    (["train", "lenet5", "--epochs", "x"], 2, "invalid int value"),
+    (["train", "resnet"], 2, "invalid choice"),
+    (["train", "lenet5", "--data-dir", "/nonexistent", "--epochs", "1"], 1, "CIFAR10 not found"),
+    (["eval", "/nonexistent.npz"], 1, "does not exist"),
+    (["train", "lenet5", "--device", "tpu"], 1, "unknown device"),
+])
+def test_errors_are_one_line(argv, code, pattern, capsys):
+    assert main(argv) == code
+    err = capsys.readouterr().err.strip()
+    assert pattern in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_unreadable_checkpoint(tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"garbage")
+    assert main(["eval", str(bad), "--dataset", "mnist"]) == 1
+    assert "not a readable dlx checkpoint" in capsys.readouterr().err
+
+
+def test_info_command():
+    out = subprocess.run([sys.executable, "-m", "dlx.cli", "info"], capture_output=True, text=True,
+                         check=True).stdout
+    assert "numpy" in out and "devices" in out and "cpu" in out and "numba" in out

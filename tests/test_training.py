@@ -1,0 +1,212 @@
+"""Checkpoints (dlx.save / dlx.load) and the training loop (dlx.fit, callbacks, resume)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import dlx
+from dlx import nn, optim
+from dlx.data import ArrayDataset, DataLoader
+from dlx.testing import xp_assert_close
+
+
+def tiny_cnn(device="cpu"):
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, device=device), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Dropout(0.2), nn.Linear(4 * 4 * 4, 3, device=device))
+
+
+def tiny_data(n=96, seed=0):
+    """uint8 8x8 images whose class sets the brightness of one quadrant: learnable fast."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = rng.integers(0, 60, (n, 1, 8, 8)).astype(np.uint8)
+    for c in range(3):
+        x[y == c, :, (c // 2) * 4:(c // 2) * 4 + 4, (c % 2) * 4:(c % 2) * 4 + 4] += 150
+    return ArrayDataset(x, y)
+
+
+def loader(device="cpu", seed=0, **kw):
+    return DataLoader(tiny_data(), batch_size=16, shuffle=True, seed=seed, device=device, **kw)
+
+
+# ---- save / load ----------------------------------------------------------------------------
+def test_save_load_round_trip(tmp_path, dev):
+    m = tiny_cnn(dev)
+    opt = optim.Adam(m.parameters(), lr=1e-2)
+    dlx.fit(m, nn.CrossEntropyLoss(), opt, loader(dev), epochs=1, progress=False)
+    path = dlx.save(tmp_path / "ck.npz", m, opt, epoch=1, note="hello")
+    m2 = tiny_cnn(dev)
+    opt2 = optim.Adam(m2.parameters(), lr=1e-2)
+    meta = dlx.load(path, m2, opt2)
+    assert meta == {"epoch": 1, "note": "hello"}
+    for (k, a), (_, b) in zip(m.state_dict().items(), m2.state_dict().items()):
+        xp_assert_close(b, a, rtol=0, atol=0, err_msg=k)
+    s1, s2 = opt.state_dict()["state"], opt2.state_dict()["state"]
+    assert s1.keys() == s2.keys()
+    for i in s1:
+        assert s1[i]["step"] == s2[i]["step"]
+        xp_assert_close(s2[i]["exp_avg"], s1[i]["exp_avg"], rtol=0, atol=0)
+
+
+def test_checkpoint_moves_between_devices(tmp_path):
+    pytest.importorskip("array_api_strict")
+    m = tiny_cnn("cpu")
+    opt = optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+    dlx.fit(m, nn.CrossEntropyLoss(), opt, loader("cpu"), epochs=1, progress=False)
+    dlx.save(tmp_path / "ck.npz", m, opt)
+    m2 = tiny_cnn("strict")
+    opt2 = optim.SGD(m2.parameters(), lr=0.1, momentum=0.9)
+    dlx.load(tmp_path / "ck.npz", m2, opt2)
+    assert m2.device == dlx.device("strict")
+    assert all(dlx.device("strict").owns(s["momentum_buffer"]) for s in opt2.state.values())
+    xp_assert_close(m2[5].weight.data, m[5].weight.data, rtol=0, atol=0)
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    m = tiny_cnn()
+    path = tmp_path / "ck.npz"
+    dlx.save(path, m, epoch=1)
+    before = path.read_bytes()
+
+    def broken(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", broken)
+    with pytest.raises(OSError, match="disk full"):
+        dlx.save(path, m, epoch=2)
+    assert path.read_bytes() == before  # the old checkpoint survives
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.npz"]  # no temporary file left
+    with pytest.raises(TypeError, match="JSON-able"):
+        dlx.save(tmp_path / "x.npz", m, bad=object())
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_load_errors(tmp_path):
+    m = tiny_cnn()
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        dlx.load(tmp_path / "missing.npz", m)
+    (tmp_path / "junk.npz").write_bytes(b"not a zip file")
+    with pytest.raises(ValueError, match="not a readable dlx checkpoint"):
+        dlx.load(tmp_path / "junk.npz", m)
+    np.savez(tmp_path / "plain.npz", a=np.zeros(3))
+    with pytest.raises(ValueError, match="not a dlx checkpoint"):
+        dlx.load(tmp_path / "plain.npz", m)
+    dlx.save(tmp_path / "ck.npz", m)
+    other = nn.Sequential(nn.Linear(3, 3))
+    with pytest.raises(ValueError, match="missing keys: 0.bias|unexpected keys"):
+        dlx.load(tmp_path / "ck.npz", other)
+    with pytest.raises(ValueError, match="holds no optimizer state"):
+        dlx.load(tmp_path / "ck.npz", m, optim.SGD(m.parameters(), lr=0.1))
+
+
+# ---- fit ----------------------------------------------------------------------------------------
+def test_fit_learns_and_records_history(capsys):
+    dlx.manual_seed(0)
+    m = tiny_cnn()
+    opt = optim.Adam(m.parameters(), lr=1e-2)
+    sched = optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    hist = dlx.fit(m, nn.CrossEntropyLoss(), opt, loader(), epochs=5,
+                   val_loader=DataLoader(tiny_data(seed=1), batch_size=32), scheduler=sched,
+                   progress=False)
+    assert capsys.readouterr().out == ""  # progress=False prints nothing
+    assert hist["epoch"] == [1, 2, 3, 4, 5]
+    assert hist["lr"] == [1e-2, 1e-2, 5e-3, 5e-3, 2.5e-3]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy", "time_s", "images_per_s"} <= set(hist.history)
+    assert hist["val_accuracy"][-1] > 0.9 and hist["loss"][-1] < hist["loss"][0]
+    json.dumps(hist.to_dict())
+
+
+def test_fit_progress_bar_shows_loss_and_throughput(capsys):
+    m = tiny_cnn()
+    dlx.fit(m, nn.CrossEntropyLoss(), optim.SGD(m.parameters(), lr=0.1), loader(), epochs=1)
+    err = capsys.readouterr().err
+    assert "epoch 1/1" in err and "loss=" in err and "img/s=" in err
+
+
+def test_early_stopping_and_checkpoints(tmp_path):
+    m = tiny_cnn()
+    opt = optim.SGD(m.parameters(), lr=0.0)  # nothing improves: stop after patience epochs
+    ck = dlx.Checkpoint(tmp_path / "last.npz", every=1, keep_best=True, monitor="loss")
+    es = dlx.EarlyStopping(monitor="loss", patience=2, min_delta=1.0)
+    hist = dlx.fit(m, nn.CrossEntropyLoss(), opt, loader(), epochs=20, callbacks=[ck, es],
+                   progress=False)
+    assert len(hist) == 3 and es.stopped_epoch == 3
+    assert (tmp_path / "last.npz").exists() and (tmp_path / "last.best.npz").exists()
+    meta = dlx.load(tmp_path / "last.npz", tiny_cnn())
+    assert meta["epoch"] == 3 and len(meta["history"]["loss"]) == 3
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoint(tmp_path):
+    m = tiny_cnn()
+    opt = optim.SGD(m.parameters(), lr=0.1)
+
+    class Poison(dlx.Callback):  # after epoch 2 a weight becomes NaN, as in a blow-up
+        def on_epoch_end(self, epoch, logs, state):
+            if epoch == 1:
+                m[5].weight.data = m[5].weight.data * float("nan")
+
+    ck = dlx.Checkpoint(tmp_path / "ck.npz")
+    with pytest.raises(FloatingPointError, match=r"loss became nan at epoch 3, step 1.*ck\.npz"):
+        dlx.fit(m, nn.CrossEntropyLoss(), opt, loader(), epochs=5, callbacks=[ck, Poison()],
+                progress=False)
+    meta = dlx.load(tmp_path / "ck.npz", tiny_cnn())
+    assert meta["epoch"] == 2 and all(np.isfinite(meta["history"]["loss"]))
+
+
+def test_bad_fit_arguments():
+    m = tiny_cnn()
+    opt = optim.SGD(m.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="epochs must be a positive int"):
+        dlx.fit(m, nn.CrossEntropyLoss(), opt, loader(), epochs=0)
+    with pytest.raises(ValueError, match="unknown metrics"):
+        dlx.fit(m, nn.CrossEntropyLoss(), opt, loader(), epochs=1, metrics=("f1",))
+
+
+# ---- resume in a new process is bit-identical ----------------------------------------------------
+RESUME_SCRIPT = textwrap.dedent('''
+    import sys
+    import numpy as np
+    import dlx
+    from dlx import nn, optim
+    sys.path.insert(0, {tests!r})
+    from test_training import tiny_cnn, loader
+    from dlx.data import transforms as T
+
+    mode, path, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    dlx.manual_seed(0)
+    model = tiny_cnn()
+    opt = optim.Adam(model.parameters(), lr=1e-2)
+    sched = optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7)
+    train = loader(transform=T.Compose([T.RandomCrop(8, padding=1), T.RandomHorizontalFlip()]))
+    start, history = 0, None
+    if mode == "resume":
+        meta = dlx.load(path, model, opt)
+        sched.load_state_dict(meta["scheduler"])
+        start, history = meta["epoch"], meta["history"]
+    dlx.fit(model, nn.CrossEntropyLoss(), opt, train, epochs=epochs, scheduler=sched,
+            callbacks=[dlx.Checkpoint(path)], progress=False, initial_epoch=start, history=history)
+''')
+
+
+def test_resume_in_new_process_is_bit_identical(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(RESUME_SCRIPT.format(tests=str(__import__("pathlib").Path(__file__).parent)))
+
+    def run(*args):
+        subprocess.run([sys.executable, str(script), *map(str, args)], check=True)
+
+    run("fresh", tmp_path / "full.npz", 4)
+    run("fresh", tmp_path / "part.npz", 2)
+    run("resume", tmp_path / "part.npz", 4)
+    full, part = dlx.serialization.read(tmp_path / "full.npz"), dlx.serialization.read(tmp_path / "part.npz")
+    assert full[0]["meta"]["epoch"] == part[0]["meta"]["epoch"] == 4
+    assert full[0]["meta"]["history"]["loss"] == part[0]["meta"]["history"]["loss"]
+    assert full[1].keys() == part[1].keys()
+    for k in full[1]:
+        np.testing.assert_array_equal(full[1][k], part[1][k], err_msg=k)
