@@ -1,4 +1,4 @@
-"""The ``dlx`` command: ``dlx info``, ``dlx train``, ``dlx eval``.
+"""The ``dlx`` command: ``dlx info``, ``dlx train``, ``dlx eval``, ``dlx gan``.
 
 Errors a user can make (wrong arguments, a missing data set, an unreadable checkpoint,
 a device that isn't there) print one line and exit non-zero, without a traceback.
@@ -259,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-dir", default=None)
     e.add_argument("--batch-size", type=int, default=1000)
     e.add_argument("--out", default=None, help="confusion-matrix PNG (default: beside CKPT)")
+
+    from dlx.gan import add_gan_parser
+
+    add_gan_parser(sub)
     return parser
 
 
@@ -274,6 +278,8 @@ def main(argv=None) -> int:
             return train(args)
         if args.command == "eval":
             return evaluate(args)
+        if args.command == "gan":
+            return args.func(args)
         build_parser().print_help()
         return 2
     except UsageError as e:
@@ -287,5 +293,7 @@ def main(argv=None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # `python -m dlx.cli`: run the imported module's main, so that
+    from dlx.cli import main as _main  # exceptions raised elsewhere match its except clauses
+
+    sys.exit(_main())

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dlx import nn
+from dlx.gan import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator
+
+__all__ = ["DCGANDiscriminator", "DCGANGenerator", "LeNet5", "MLP", "MLPDiscriminator", "MLPGenerator"]
 
 
 class LeNet5(nn.Sequential):

@@ -1,0 +1,372 @@
+"""GANs: dlx.metrics on known cases, the DCGAN/MLP models (shapes, PyTorch names,
+gradients), one GAN step touching only what it should, and the `dlx gan` command."""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import struct
+
+import numpy as np
+import pytest
+
+import dlx
+from dlx import metrics, optim
+from dlx.gan import (
+    DCGANDiscriminator,
+    DCGANGenerator,
+    MLPDiscriminator,
+    MLPGenerator,
+    add_gan_parser,
+    gan_command,
+    gan_step,
+    sample,
+    train_gan,
+)
+from dlx.testing import gradcheck
+
+METHODS = ["eigh", pytest.param("scipy", marks=pytest.mark.skipif(
+    __import__("importlib").util.find_spec("scipy") is None, reason="scipy not installed"))]
+
+
+# ---- metrics --------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", METHODS)
+def test_frechet_identical_sets_is_zero(method):
+    feats = np.random.default_rng(0).standard_normal((500, 10)) * 3.0 + 1.0
+    assert abs(metrics.frechet_distance(feats, feats, method=method)) < 1e-6
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_frechet_shifted_means(method):
+    rng = np.random.default_rng(1)
+    feats = rng.standard_normal((400, 6)) @ rng.standard_normal((6, 6))  # correlated
+    delta = rng.standard_normal(6)
+    fd = metrics.frechet_distance(feats, feats + delta, method=method)
+    np.testing.assert_allclose(fd, delta @ delta, rtol=1e-8, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_frechet_one_dimensional_gaussians(method):
+    # In 1-D: (m1 - m2)^2 + (s1 - s2)^2 with the sample means and standard deviations.
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(0.0, 1.0, (300, 1)), rng.normal(2.0, 3.0, (500, 1))
+    want = (a.mean() - b.mean()) ** 2 + (a.std(ddof=1) - b.std(ddof=1)) ** 2
+    np.testing.assert_allclose(metrics.frechet_distance(a, b, method=method), want, rtol=1e-9)
+
+
+def test_frechet_methods_agree():
+    pytest.importorskip("scipy")
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((300, 10)) @ rng.standard_normal((10, 10))
+    b = rng.standard_normal((200, 10)) * 2.0 + 0.5
+    np.testing.assert_allclose(metrics.frechet_distance(a, b, method="scipy"),
+                               metrics.frechet_distance(a, b, method="eigh"), rtol=1e-7)
+
+
+def test_inception_score_known_cases():
+    k, n = 7, 70
+    one_class = np.zeros((n, k))
+    one_class[:, 3] = 1.0
+    assert metrics.inception_score(one_class) == pytest.approx(1.0, abs=1e-12)
+    spread = np.eye(k)[np.arange(n) % k]  # confident, evenly over k classes
+    assert metrics.inception_score(spread) == pytest.approx(k, rel=1e-12)
+    mean, std = metrics.inception_score(spread, splits=5, return_std=True)
+    assert mean == pytest.approx(k) and std == pytest.approx(0.0, abs=1e-12)
+    unsure = np.full((n, k), 1.0 / k)  # no sample says anything: score 1
+    assert metrics.inception_score(unsure) == pytest.approx(1.0, abs=1e-12)
+    soft = metrics.softmax(np.random.default_rng(0).standard_normal((n, k)))
+    assert 1.0 < metrics.inception_score(soft) < k
+    with pytest.raises(ValueError, match="softmax"):
+        metrics.inception_score(np.ones((n, k)))
+
+
+def test_classifier_scores_normalise_like_mnist():
+    class Probe(dlx.nn.Module):  # returns 10 logits built from the pixels it was given
+        def forward(self, x):
+            xp = dlx.get_namespace(x)
+            self.seen = dlx.to_numpy(x)
+            return xp.reshape(x, (x.shape[0], -1))[:, :10] * 0.0
+
+    imgs = np.random.default_rng(0).random((5, 1, 28, 28)).astype(np.float32)
+    probe = Probe()
+    score, logits = metrics.classifier_scores(probe, imgs, batch_size=2, device="cpu")
+    np.testing.assert_allclose(probe.seen, (imgs[4:] - 0.1307) / 0.3081, rtol=1e-6)
+    assert logits.shape == (5, 10) and logits.dtype == np.float64
+    assert score == pytest.approx(1.0) and probe.training  # mode put back
+
+
+# ---- models --------------------------------------------------------------------------------
+def test_model_shapes_and_state_dict_names():
+    g, d = DCGANGenerator(), DCGANDiscriminator()
+    z = dlx.asarray(np.random.default_rng(0).standard_normal((4, 100)))
+    x = g(z)
+    assert x.shape == (4, 1, 28, 28) and float(abs(x).max()) <= 1.0
+    assert d(x).shape == (4, 1)
+    assert [(k, tuple(v.shape)) for k, v in g.state_dict().items() if "running" not in k
+            and "num_batches" not in k] == [
+        ("0.weight", (6272, 100)), ("2.weight", (128,)), ("2.bias", (128,)),
+        ("4.weight", (128, 64, 4, 4)), ("5.weight", (64,)), ("5.bias", (64,)),
+        ("7.weight", (64, 1, 4, 4)), ("7.bias", (1,))]
+    assert [k for k, _ in d.named_parameters()] == [
+        "0.weight", "0.bias", "2.weight", "3.weight", "3.bias", "6.weight", "6.bias"]
+    mg, md = MLPGenerator(latent_dim=16), MLPDiscriminator()
+    y = mg(dlx.asarray(np.zeros((3, 16))))
+    assert y.shape == (3, 1, 28, 28) and md(y).shape == (3, 1)
+    assert [k for k, _ in mg.named_parameters()] == [
+        "0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]
+    assert [k for k, _ in md.named_parameters()] == [
+        "1.weight", "1.bias", "3.weight", "3.bias", "5.weight", "5.bias"]
+
+
+@pytest.mark.parametrize("build", [
+    lambda: (DCGANGenerator(latent_dim=2, channels=1, dcgan_init=False),
+             DCGANDiscriminator(channels=1, dcgan_init=False)),
+    lambda: (MLPGenerator(latent_dim=2, hidden=(2,)), MLPDiscriminator(hidden=(2,))),
+], ids=["dcgan", "mlp"])
+def test_gradcheck_tiny_generator_then_discriminator(build):
+    """D(G(z)) in float64: every parameter of both networks, and the path through D's
+    input that the generator step uses (the full-size nets would take minutes)."""
+    import numba
+
+    g, d = build()
+    model = dlx.nn.Sequential(*g, *d).double()
+    z = dlx.asarray(np.random.default_rng(0).standard_normal((3, 2)), dtype="float64")
+    # Thousands of tiny convolutions: handing each to Numba's thread pool costs more than
+    # the work itself (15x slower on a busy 2-core machine), so run them on one thread.
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        assert gradcheck(model, z, rtol=1e-5, atol=1e-8)
+    finally:
+        numba.set_num_threads(threads)
+
+
+class _Spy:
+    """An optimizer that calls ``hook`` just before each step."""
+
+    def __init__(self, inner, hook):
+        self.inner, self.hook = inner, hook
+
+    def step(self):
+        self.hook()
+        self.inner.step()
+
+    def zero_grad(self):
+        self.inner.zero_grad()
+
+
+def _snapshot(model):
+    return {k: dlx.to_numpy(p.data).copy() for k, p in model.named_parameters()}
+
+
+def test_gan_step_touches_only_the_right_network():
+    g, d = DCGANGenerator(latent_dim=8, channels=4), DCGANDiscriminator(channels=4)
+    rng = np.random.default_rng(0)
+    real = dlx.asarray(rng.uniform(-1, 1, (6, 1, 28, 28)))
+    z = dlx.asarray(rng.standard_normal((6, 8)))
+    g0, seen = _snapshot(g), {}
+
+    def before_d_step():  # D step: D has gradients, G has none and has not moved
+        assert all(p.grad is not None for p in d.parameters())
+        assert all(p.grad is None for p in g.parameters())
+        assert all(np.array_equal(v, g0[k]) for k, v in _snapshot(g).items())
+
+    def before_g_step():  # G step: D (frozen) kept its post-update weights and no gradients
+        assert all(p.grad is None for p in d.parameters())
+        assert all(p.grad is not None for p in g.parameters())
+        seen["d_at_g_step"] = _snapshot(d)
+
+    g_opt = _Spy(optim.Adam(g.parameters(), lr=1e-3), before_g_step)
+    d_opt = _Spy(optim.Adam(d.parameters(), lr=1e-3), before_d_step)
+    out = gan_step(g, d, real, z, g_opt, d_opt)
+    assert set(out) == {"d_loss", "g_loss", "d_real", "d_fake"}
+    assert all(np.isfinite(float(v)) for v in out.values())
+    assert "d_at_g_step" in seen
+    assert all(np.array_equal(v, seen["d_at_g_step"][k]) for k, v in _snapshot(d).items())
+    assert any(not np.array_equal(v, g0[k]) for k, v in _snapshot(g).items())
+    assert all(p.requires_grad for p in d.parameters())  # unfrozen again
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "mlp"])
+def test_train_and_score_on_each_device(arch, dev):
+    """train_gan, sample and classifier_scores keep to the device's arrays (strict catches
+    host arrays leaking into device code; cuda runs it on the GPU)."""
+    from dlx.models import LeNet5
+
+    if arch == "dcgan":
+        g, d = DCGANGenerator(latent_dim=4, channels=2, device=dev), DCGANDiscriminator(2, device=dev)
+    else:
+        g, d = MLPGenerator(latent_dim=4, hidden=(8,), device=dev), MLPDiscriminator((8,), device=dev)
+    real = dev.asarray(np.random.default_rng(0).uniform(-1, 1, (4, 1, 28, 28)), dtype="float32")
+    hist = train_gan(g, d, [(real, None)] * 2, epochs=1, device=dev, progress=False)
+    assert np.isfinite(hist["d_loss"][0]) and np.isfinite(hist["g_loss"][0])
+    imgs = sample(g, dlx._random.generator(dev).normal((6, 4)))
+    score, logits = metrics.classifier_scores(LeNet5(in_channels=1, padding=2, device=dev), imgs,
+                                              batch_size=4, device=dev)
+    assert logits.shape == (6, 10) and 1.0 <= score <= 10.0
+
+
+def _torch_seq(torch, model):
+    """The torch.nn.Sequential with the same layers, loaded with ``model``'s state dict."""
+    tn = torch.nn
+    layers = []
+    for m in model:
+        name = type(m).__name__
+        if name == "Linear":
+            layers.append(tn.Linear(m.in_features, m.out_features, bias=m.bias is not None))
+        elif name in ("Conv2d", "ConvTranspose2d"):
+            layers.append(getattr(tn, name)(m.in_channels, m.out_channels, m.kernel_size,
+                                            stride=m.stride, padding=m.padding,
+                                            bias=m.bias is not None))
+        elif name == "BatchNorm2d":
+            layers.append(tn.BatchNorm2d(m.num_features))
+        elif name == "LeakyReLU":
+            layers.append(tn.LeakyReLU(m.negative_slope))
+        elif name == "Unflatten":
+            layers.append(tn.Unflatten(m.dim, m.unflattened_size))
+        else:
+            layers.append(getattr(tn, name)())
+    seq = tn.Sequential(*layers)
+    seq.load_state_dict({k: torch.from_numpy(np.array(dlx.to_numpy(v)))
+                         for k, v in model.state_dict().items()})
+    return seq
+
+
+@pytest.mark.torch
+def test_dcgan_forward_matches_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    for model, x in ((DCGANGenerator(), rng.standard_normal((8, 100))),
+                     (DCGANDiscriminator(), rng.uniform(-1, 1, (8, 1, 28, 28)))):
+        x = x.astype(np.float32)
+        tm = _torch_seq(torch, model)
+        for train in (True, False):
+            model.train(train)
+            tm.train(train)
+            with torch.no_grad():
+                want = tm(torch.from_numpy(x)).numpy()
+            np.testing.assert_allclose(dlx.to_numpy(model(dlx.asarray(x))), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.torch
+def test_gan_step_matches_torch():
+    """One step (SGD, so the update is the gradient itself) gives torch's weights."""
+    torch = pytest.importorskip("torch")
+    g, d = DCGANGenerator(latent_dim=16, channels=8), DCGANDiscriminator(channels=8)
+    tg, td = _torch_seq(torch, g), _torch_seq(torch, d)
+    rng = np.random.default_rng(0)
+    real = rng.uniform(-1, 1, (8, 1, 28, 28)).astype(np.float32)
+    z = rng.standard_normal((8, 16)).astype(np.float32)
+    lr = 0.05
+    gan_step(g, d, dlx.asarray(real), dlx.asarray(z), optim.SGD(g.parameters(), lr=lr),
+             optim.SGD(d.parameters(), lr=lr))
+    # the same step, written the usual PyTorch way
+    bce = torch.nn.BCEWithLogitsLoss()
+    g_opt, d_opt = torch.optim.SGD(tg.parameters(), lr=lr), torch.optim.SGD(td.parameters(), lr=lr)
+    fake = tg(torch.from_numpy(z))
+    out_real = td(torch.from_numpy(real))
+    out_fake = td(fake.detach())
+    d_loss = bce(out_real, torch.ones_like(out_real)) + bce(out_fake, torch.zeros_like(out_fake))
+    d_opt.zero_grad()
+    d_loss.backward()
+    d_opt.step()
+    out = td(fake)
+    g_opt.zero_grad()
+    bce(out, torch.ones_like(out)).backward()
+    g_opt.step()
+    for mine, theirs in ((g, tg), (d, td)):
+        want = {k: v.detach().numpy() for k, v in theirs.state_dict().items()}
+        for k, v in mine.state_dict().items():
+            np.testing.assert_allclose(dlx.to_numpy(v), want[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_train_gan_history_and_callback():
+    g, d = DCGANGenerator(latent_dim=8, channels=4), DCGANDiscriminator(channels=4)
+    rng = np.random.default_rng(0)
+    batches = [dlx.asarray(rng.uniform(-1, 1, (8, 1, 28, 28))) for _ in range(3)]
+    calls = []
+
+    def callback(epoch, logs):
+        calls.append(epoch)
+        logs["extra"] = 1.0
+        return epoch == 2  # stop after the second epoch
+
+    hist = train_gan(g, d, batches, epochs=5, callback=callback, progress=False)
+    assert calls == [1, 2] and hist["epoch"] == [1, 2] and hist["extra"] == [1.0, 1.0]
+    assert all(np.isfinite(hist["d_loss"])) and all(np.isfinite(hist["g_loss"]))
+    imgs = sample(g, dlx.asarray(rng.standard_normal((5, 8))), batch_size=2)
+    assert imgs.shape == (5, 1, 28, 28) and imgs.min() >= 0 and imgs.max() <= 1 and g.training
+
+
+# ---- the `dlx gan` command ---------------------------------------------------------------------
+def _write_idx(path, array):
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+
+
+@pytest.fixture
+def mnist_dir(tmp_path):
+    """A tiny MNIST folder in the official format: class c lights up row block c."""
+    root = tmp_path / "data"
+    (root / "mnist").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 96), ("t10k", 40)):
+        y = rng.integers(0, 10, n)
+        x = rng.integers(0, 40, (n, 28, 28))
+        for i, c in enumerate(y):
+            x[i, 2 * c + 3: 2 * c + 6, 4:24] = 250
+        _write_idx(root / "mnist" / f"{prefix}-images-idx3-ubyte.gz", x)
+        _write_idx(root / "mnist" / f"{prefix}-labels-idx1-ubyte.gz", y)
+    return root
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(prog="dlx")
+    add_gan_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["gan", *argv])
+
+
+def test_gan_command_writes_samples_scores_checkpoints(mnist_dir, tmp_path, capsys):
+    from dlx.models import LeNet5
+
+    clf_path = tmp_path / "lenet.npz"  # an untrained classifier: the plumbing is what is tested
+    dlx.save(clf_path, LeNet5(in_channels=1, padding=2), dataset="mnist", architecture="lenet5")
+    out = tmp_path / "gan"
+    args = _parse(["--model", "mlp", "--epochs", "2", "--batch-size", "32", "--data-dir",
+                   str(mnist_dir), "--out", str(out), "--classifier", str(clf_path),
+                   "--num-eval", "40", "--quiet", "--seed", "3"])
+    assert gan_command(args) == 0
+    assert "IS" in capsys.readouterr().out
+    report = json.loads((out / "scores.json").read_text())
+    assert report["real_test"]["num_images"] == 40 and len(report["epochs"]) == 2
+    for row in report["epochs"]:
+        assert {"epoch", "d_loss", "g_loss", "inception_score", "frechet_distance"} <= set(row)
+        assert 1.0 <= row["inception_score"] <= 10.0 and row["frechet_distance"] >= -1e-6
+    g = MLPGenerator()
+    meta = dlx.load(out / "generator.npz", g, restore_rng=False)
+    assert meta["epoch"] == 2 and meta["architecture"] == "mlp"
+    dlx.load(out / "discriminator.npz", MLPDiscriminator(), restore_rng=False)
+    pytest.importorskip("matplotlib")
+    for e in (1, 2):
+        assert (out / f"samples_epoch{e:03d}.png").stat().st_size > 2000
+
+
+def test_gan_command_dcgan_and_errors(mnist_dir, tmp_path):
+    from dlx.models import LeNet5
+
+    out = tmp_path / "dc"
+    args = _parse(["--epochs", "1", "--batch-size", "16", "--limit", "32", "--data-dir",
+                   str(mnist_dir), "--out", str(out), "--quiet"])
+    assert gan_command(args) == 0
+    dlx.load(out / "generator.npz", DCGANGenerator(), restore_rng=False)
+    assert json.loads((out / "scores.json").read_text())["epochs"][0]["epoch"] == 1
+    with pytest.raises(SystemExit):  # argparse refuses it (dlx's parser: a one-line UsageError)
+        _parse(["--epochs", "0"])
+    with pytest.raises(ValueError, match="--limit"):
+        gan_command(_parse(["--limit", "8", "--data-dir", str(mnist_dir), "--out", str(out)]))
+    cifar = tmp_path / "cifar.npz"
+    dlx.save(cifar, LeNet5(), dataset="cifar10")
+    with pytest.raises(ValueError, match="cifar10"):
+        gan_command(_parse(["--classifier", str(cifar), "--data-dir", str(mnist_dir),
+                            "--out", str(out)]))
