@@ -148,9 +148,9 @@ def conv_case(seed):
     H, W = (int(d * (k - 1) + 1 - 2 * p + rng.integers(0, 9))
             for d, k, p in zip(dilation, (KH, KW), padding))
     H, W = max(H, 1), max(W, 1)
-    big = seed % 10 == 0  # many channels: the im2col + BLAS path at stride 1 too
-    C = int(rng.integers(12, 24) if big else rng.integers(1, 7))
-    OC = int(rng.integers(20, 30) if big else rng.integers(1, 9))
+    big = seed % 20 == 0  # C*OC > 4096: the im2col + BLAS path at stride 1 too, if OH*OW < 256
+    C = int(rng.integers(64, 80) if big else rng.integers(1, 7))
+    OC = int(rng.integers(65, 80) if big else rng.integers(1, 9))
     N = int(rng.integers(1, 5))
     dtype = np.float32 if seed % 3 else np.float64
     return (N, C, H, W), (OC, C, KH, KW), stride, padding, dilation, dtype
@@ -254,6 +254,19 @@ def test_reference_max_pool_first_maximum_and_nan():
 
 @pytest.mark.parametrize("seed", range(N_CONV))
 def test_cpu_conv_matches_reference(seed):
+    check_cpu_conv(seed)
+
+
+@pytest.mark.parametrize("seed", range(1, 40, 2))  # stride-1 cases
+@pytest.mark.parametrize("method", ["direct", "gemm"])
+def test_cpu_conv_both_methods_at_stride_1(seed, method, monkeypatch):
+    direct = method == "direct"
+    monkeypatch.setattr(cpu_conv, "_DIRECT_MAX_C_OC", 10**9 if direct else -1)
+    monkeypatch.setattr(cpu_conv, "_DIRECT_MIN_PIXELS", 0 if direct else 10**9)
+    check_cpu_conv(seed)
+
+
+def check_cpu_conv(seed):
     x_shape, w_shape, stride, padding, dilation, dtype = conv_case(seed)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(x_shape).astype(dtype)

@@ -6,12 +6,15 @@ import numpy as np
 
 from ..base import Backend
 from ..host_random import NumpyGenerator, dtype_name
-from . import conv, pooling
+from . import conv, pooling, threads
 
 
 class CPUBackend(Backend):
     name = "cpu"
     xp = np
+
+    def __init__(self):
+        threads.configure()  # Numba gets the cores, BLAS one thread (see threads.py)
 
     def array_device(self, index):
         return "cpu"

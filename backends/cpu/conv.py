@@ -2,16 +2,18 @@
 
 Two methods, picked per call by ``_use_direct``:
 
-* direct, for stride 1 and few channels (LeNet): every (N, C, H, W) plane is zero-padded
-  to (Hp, Wp) and flattened, and outputs are computed "wide", at row pitch Wp. Then the
-  input under kernel offset (i, j) is one contiguous run, ``x_pad.flat[i*DH*Wp + j*DW :][:L]``
-  with L = (OH-1)*Wp + OW, so each kernel tap is a long vectorisable axpy; the Wp - OW
-  columns between output rows are computed and dropped. Two output channels and four taps
-  per pass keep the accumulators in registers. Parallel over the batch.
-* im2col + BLAS, for strided convolutions and many channels (DCGAN): Numba gathers
-  cols (C*KH*KW, N*OH*OW), and one large matmul does the arithmetic.
+* direct, for stride 1 (LeNet, and all but many channels on small images): every (C, H, W)
+  sample is zero-padded to (Hp, Wp) planes and flattened, and outputs are computed "wide",
+  at row pitch Wp. Then the input under kernel tap (c, i, j) is one contiguous run,
+  ``x_pad.flat[c*Hp*Wp + i*DH*Wp + j*DW :][:L]`` with L >= (OH-1)*Wp + OW, so every tap is a
+  long vectorisable axpy; the Wp - OW columns between output rows are computed and
+  dropped. Each pass takes two output channels and four taps, with zero channels and taps
+  padding the counts. Parallel over the batch.
+* im2col + BLAS, for strided convolutions and for many channels on small images (DCGAN):
+  Numba gathers cols (C*KH*KW, N*OH*OW) and large matmuls do the arithmetic.
 
-Accumulation order differs from the reference backend, so results agree to rounding.
+Measurements and the reasons for these choices: benchmarks/kernels_cpu.py. Accumulation
+order differs from the reference backend, so results agree to rounding.
 """
 
 from __future__ import annotations
@@ -21,14 +23,16 @@ import numpy as np
 from numba import njit, prange
 
 from ..base import conv2d_output_size
+from .threads import parallel_matmul
 
 # "contract" lets LLVM fuse a*b + c into one FMA (one rounding instead of two: at least
 # as accurate); "reassoc" lets it vectorise the dot products of the weight gradient.
 _FMA = {"contract"}
 _FMA_SUM = {"contract", "reassoc"}
 
-# Direct loops beat im2col + BLAS while C*OC is small (measured in benchmarks/kernels_cpu.py).
-_DIRECT_MAX_C_OC = 256
+# Direct loops beat im2col + BLAS at stride 1 unless C*OC is large and OH*OW small.
+_DIRECT_MAX_C_OC = 4096
+_DIRECT_MIN_PIXELS = 256
 # im2col is done in batch chunks so that cols stays under this many bytes.
 _COLS_BYTES = 64 << 20
 
@@ -57,25 +61,30 @@ def _sizes(x_shape, w_shape, stride, padding, dilation):
     return N, C, H, W, OC, KH, KW, OH, OW
 
 
-def _use_direct(C, OC, stride):
-    return tuple(stride) == (1, 1) and C * OC <= _DIRECT_MAX_C_OC
+def _use_direct(C, OC, OH, OW, stride):
+    """Direct loops for stride 1, unless many channels meet a small image (then the wide rows
+    and the im2col overhead tip the other way; measured in benchmarks/kernels_cpu.py)."""
+    return tuple(stride) == (1, 1) and (C * OC <= _DIRECT_MAX_C_OC or OH * OW >= _DIRECT_MIN_PIXELS)
 
 
-def _tap_offsets(C, KH, KW, Hp, Wp, dilation, per_channel=True):
+def _tap_offsets(C, KH, KW, Hp, Wp, dilation):
     """Flat offset of tap (c, i, j) in the padded, flattened planes: c*Hp*Wp + i*DH*Wp + j*DW."""
     c, i, j = np.meshgrid(np.arange(C), np.arange(KH), np.arange(KW), indexing="ij")
-    offs = i * dilation[0] * Wp + j * dilation[1]
-    if per_channel:
-        offs = offs + c * Hp * Wp
+    offs = c * Hp * Wp + i * dilation[0] * Wp + j * dilation[1]
     return np.ascontiguousarray(offs.reshape(-1), dtype=np.int64)
 
 
-def _pairs(a, axis=0):
-    """``a`` with a zero slice appended along ``axis`` if its length there is odd."""
-    if a.shape[axis] % 2 == 0:
+def _wide_length(OH, OW, Wp):
+    """Wide output positions per plane, (OH-1)*Wp + OW, rounded up to a whole number of
+    16-float vectors so the inner loops need no scalar remainder."""
+    return -(-((OH - 1) * Wp + OW) // 16) * 16
+
+
+def _zero_pad(a, multiples):
+    """``a`` (contiguous) with zeros appended so that axis k has a multiple of multiples[k]."""
+    pad = [(0, -n % m) for n, m in zip(a.shape, multiples)]
+    if not any(after for _, after in pad):
         return np.ascontiguousarray(a)
-    pad = [(0, 0)] * a.ndim
-    pad[axis] = (0, 1)
     return np.ascontiguousarray(np.pad(a, pad))
 
 
@@ -84,7 +93,7 @@ def _pairs(a, axis=0):
 
 @njit(cache=True)
 def _pad_planes(src, ph, pw, Hp, Wp, dst):
-    """dst (C*Hp*Wp,) flat = src (C, H, W) zero-padded by (ph, pw)."""
+    """dst (>= C*Hp*Wp,) flat = src (C, H, W) zero-padded by (ph, pw), then zeros."""
     C, H, W = src.shape
     dst[:] = 0
     for c in range(C):
@@ -95,7 +104,7 @@ def _pad_planes(src, ph, pw, Hp, Wp, dst):
 
 @njit(cache=True)
 def _widen(src, Wp, dst):
-    """dst (C, L) = rows of src (C, OH, OW) at pitch Wp, the gaps zero."""
+    """dst (C, L) = rows of src (C, OH, OW) at pitch Wp, the gaps and the tail zero."""
     C, OH, OW = src.shape
     dst[:] = 0
     for c in range(C):
@@ -104,19 +113,19 @@ def _widen(src, Wp, dst):
 
 
 @njit(parallel=True, cache=True, fastmath=_FMA)
-def _direct_forward(x, wt, b, offs, ph, pw, Hp, Wp, y):
+def _direct_forward(x, wt, b, offs, ph, pw, Hp, Wp, L, y):
     """y (N, OC, OH, OW) = b[oc] + sum over taps t of wt[oc, t] * x_pad[n].flat[offs[t] + q].
 
-    q runs over the wide output positions oh*Wp + ow; wt (OC2, C*KH*KW) and b (OC2,) have
-    an even number of rows (a zero row appended when OC is odd).
+    q runs over L wide output positions oh*Wp + ow (L a multiple of the vector width, the
+    excess computed on zeros and dropped). Zeros pad wt (OC2, T4) and b (OC2,) to an even
+    number of rows and T4 = C*KH*KW rounded up to a multiple of 4 (offsets 0), so every
+    pass is two output channels by four taps.
     """
-    N, C, H, W = x.shape
+    N = x.shape[0]
     OC, OH, OW = y.shape[1], y.shape[2], y.shape[3]
     OC2, T = wt.shape
-    L = (OH - 1) * Wp + OW
-    T4 = T - T % 4
     for n in prange(N):
-        xw = np.empty(C * Hp * Wp, dtype=x.dtype)
+        xw = np.empty(offs.max() + L, dtype=x.dtype)
         _pad_planes(x[n], ph, pw, Hp, Wp, xw)
         acc = np.empty((2, L), dtype=y.dtype)
         a0 = acc[0]
@@ -124,7 +133,7 @@ def _direct_forward(x, wt, b, offs, ph, pw, Hp, Wp, y):
         for oc in range(0, OC2, 2):
             a0[:] = b[oc]
             a1[:] = b[oc + 1]
-            for t in range(0, T4, 4):
+            for t in range(0, T, 4):
                 x0 = xw[offs[t] : offs[t] + L]
                 x1 = xw[offs[t + 1] : offs[t + 1] + L]
                 x2 = xw[offs[t + 2] : offs[t + 2] + L]
@@ -134,35 +143,28 @@ def _direct_forward(x, wt, b, offs, ph, pw, Hp, Wp, y):
                 v2, v3 = wt[oc + 1, t + 2], wt[oc + 1, t + 3]
                 for q in range(L):
                     e0, e1, e2, e3 = x0[q], x1[q], x2[q], x3[q]
-                    a0[q] += u0 * e0 + u1 * e1 + u2 * e2 + u3 * e3
-                    a1[q] += v0 * e0 + v1 * e1 + v2 * e2 + v3 * e3
-            for t in range(T4, T):
-                x0 = xw[offs[t] : offs[t] + L]
-                u0, v0 = wt[oc, t], wt[oc + 1, t]
-                for q in range(L):
-                    a0[q] += u0 * x0[q]
-                    a1[q] += v0 * x0[q]
+                    a0[q] = (((a0[q] + u0 * e0) + u1 * e1) + u2 * e2) + u3 * e3
+                    a1[q] = (((a1[q] + v0 * e0) + v1 * e1) + v2 * e2) + v3 * e3
             for k in range(min(2, OC - oc)):
                 for oh in range(OH):
                     y[n, oc + k, oh, :] = acc[k, oh * Wp : oh * Wp + OW]
 
 
 @njit(parallel=True, cache=True, fastmath=_FMA)
-def _direct_backward_data(dy, wt, offs, ph, pw, Hp, Wp, dx):
+def _direct_backward_data(dy, wt, offs, ph, pw, Hp, Wp, L, dx):
     """dx (N, C, H, W): dy[n, oc] (wide) times wt[c, k, oc] added at offset offs[k] of plane c.
 
-    The adjoint of ``_direct_forward`` for one channel pair at a time: wt (C2, KH*KW, OC)
-    is the weight transposed, with an even number of rows; offs (KH*KW,) = i*DH*Wp + j*DW.
+    The adjoint of ``_direct_forward``, two input channels by four output channels per pass:
+    wt (C2, KH*KW, OC4) is the weight transposed and zero-padded to an even C2 and OC4 a
+    multiple of 4 (zero rows of dy_wide match the padding); offs (KH*KW,) = i*DH*Wp + j*DW.
     """
-    N, OC, OH, OW = dy.shape
+    N, OC = dy.shape[0], dy.shape[1]
     C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
-    C2, K = wt.shape[0], wt.shape[1]
-    L = (OH - 1) * Wp + OW
-    OC4 = OC - OC % 4
+    C2, K, OC4 = wt.shape
     for n in prange(N):
-        dyw = np.empty((OC, L), dtype=dy.dtype)
-        _widen(dy[n], Wp, dyw)
-        acc = np.empty((2, Hp * Wp), dtype=dx.dtype)
+        dyw = np.zeros((OC4, L), dtype=dy.dtype)
+        _widen(dy[n], Wp, dyw[:OC])
+        acc = np.empty((2, offs.max() + L), dtype=dx.dtype)
         for c in range(0, C2, 2):
             acc[:] = 0
             for k in range(K):
@@ -176,14 +178,8 @@ def _direct_backward_data(dy, wt, offs, ph, pw, Hp, Wp, dx):
                     v2, v3 = wt[c + 1, k, oc + 2], wt[c + 1, k, oc + 3]
                     for q in range(L):
                         e0, e1, e2, e3 = d0[q], d1[q], d2[q], d3[q]
-                        a0[q] += u0 * e0 + u1 * e1 + u2 * e2 + u3 * e3
-                        a1[q] += v0 * e0 + v1 * e1 + v2 * e2 + v3 * e3
-                for oc in range(OC4, OC):
-                    d0 = dyw[oc]
-                    u0, v0 = wt[c, k, oc], wt[c + 1, k, oc]
-                    for q in range(L):
-                        a0[q] += u0 * d0[q]
-                        a1[q] += v0 * d0[q]
+                        a0[q] = (((a0[q] + u0 * e0) + u1 * e1) + u2 * e2) + u3 * e3
+                        a1[q] = (((a1[q] + v0 * e0) + v1 * e1) + v2 * e2) + v3 * e3
             for k in range(min(2, C - c)):
                 for h in range(H):
                     base = (h + ph) * Wp + pw
@@ -191,19 +187,16 @@ def _direct_backward_data(dy, wt, offs, ph, pw, Hp, Wp, dx):
 
 
 @njit(parallel=True, cache=True, fastmath=_FMA_SUM)
-def _direct_backward_weight(x, dy, offs, ph, pw, Hp, Wp, parts):
-    """parts[p] (OC2, C*KH*KW) += dw summed over the p-th slice of the batch.
+def _direct_backward_weight(x, dy, offs, ph, pw, Hp, Wp, L, parts):
+    """parts[p] (OC2, T4) += dw summed over the p-th slice of the batch (padded as in forward).
 
     dw[oc, t] = sum over n and wide positions q of dy_wide[n, oc, q] * x_pad[n].flat[offs[t] + q]
     (the gaps of dy_wide are zero). One slice per thread, so no two threads write one sum.
     """
-    N, C = x.shape[0], x.shape[1]
-    OC, OH, OW = dy.shape[1], dy.shape[2], dy.shape[3]
+    N, OC = x.shape[0], dy.shape[1]
     P, OC2, T = parts.shape
-    L = (OH - 1) * Wp + OW
-    T4 = T - T % 4
     for p in prange(P):
-        xw = np.empty(C * Hp * Wp, dtype=x.dtype)
+        xw = np.empty(offs.max() + L, dtype=x.dtype)
         dyw = np.zeros((OC2, L), dtype=dy.dtype)
         dw = parts[p]
         for n in range(p * N // P, (p + 1) * N // P):
@@ -212,7 +205,7 @@ def _direct_backward_weight(x, dy, offs, ph, pw, Hp, Wp, parts):
             for oc in range(0, OC2, 2):
                 d0 = dyw[oc]
                 d1 = dyw[oc + 1]
-                for t in range(0, T4, 4):
+                for t in range(0, T, 4):
                     x0 = xw[offs[t] : offs[t] + L]
                     x1 = xw[offs[t + 1] : offs[t + 1] + L]
                     x2 = xw[offs[t + 2] : offs[t + 2] + L]
@@ -234,13 +227,6 @@ def _direct_backward_weight(x, dy, offs, ph, pw, Hp, Wp, parts):
                     dw[oc, t], dw[oc, t + 1], dw[oc, t + 2], dw[oc, t + 3] = s0, s1, s2, s3
                     dw[oc + 1, t], dw[oc + 1, t + 1] = r0, r1
                     dw[oc + 1, t + 2], dw[oc + 1, t + 3] = r2, r3
-                for t in range(T4, T):
-                    x0 = xw[offs[t] : offs[t] + L]
-                    s0, r0 = dw[oc, t], dw[oc + 1, t]
-                    for q in range(L):
-                        s0 += d0[q] * x0[q]
-                        r0 += d1[q] * x0[q]
-                    dw[oc, t], dw[oc + 1, t] = s0, r0
 
 
 # ----------------------------------------------------------------------------- im2col
@@ -303,7 +289,7 @@ def _gemm_forward(x, w, b, stride, padding, dilation, OH, OW):
     y = np.empty((N, OC, L), dtype=x.dtype)
     for n0, n1 in _batches(N, T * L * x.itemsize):
         cols = _im2col(x[n0:n1], *geo, np.empty((T, n1 - n0, L), dtype=x.dtype))
-        y_t = w2 @ cols.reshape(T, -1)  # (OC, n*L)
+        y_t = parallel_matmul(w2, cols.reshape(T, -1))  # (OC, n*L)
         y[n0:n1] = y_t.reshape(OC, n1 - n0, L).transpose(1, 0, 2)
     if b is not None:
         y += b.reshape(1, OC, 1)
@@ -319,7 +305,7 @@ def _gemm_backward_data(dy, w, x_shape, stride, padding, dilation, OH, OW):
     dx = np.empty(x_shape, dtype=dy.dtype)
     for n0, n1 in _batches(N, T * L * dy.itemsize):
         dy_t = np.ascontiguousarray(dy[n0:n1].reshape(n1 - n0, OC, L).transpose(1, 0, 2))
-        cols = (w_t @ dy_t.reshape(OC, -1)).reshape(T, n1 - n0, L)
+        cols = parallel_matmul(w_t, dy_t.reshape(OC, -1)).reshape(T, n1 - n0, L)
         _col2im(cols, *geo, dx[n0:n1])
     return dx
 
@@ -333,7 +319,7 @@ def _gemm_backward_weight(x, dy, w_shape, stride, padding, dilation, OH, OW):
     for n0, n1 in _batches(N, T * L * x.itemsize):
         cols = _im2col(x[n0:n1], *geo, np.empty((T, n1 - n0, L), dtype=x.dtype))
         dy_t = np.ascontiguousarray(dy[n0:n1].reshape(n1 - n0, OC, L).transpose(1, 0, 2))
-        dw += dy_t.reshape(OC, -1) @ cols.reshape(T, -1).T
+        dw += parallel_matmul(dy_t.reshape(OC, -1), cols.reshape(T, -1).T)
     return dw.reshape(w_shape)
 
 
@@ -344,14 +330,15 @@ def conv2d(x, w, b, stride, padding, dilation):
     """y (N, OC, OH, OW) = w (OC, C, KH, KW) cross-correlated with x (N, C, H, W), plus b (OC,)."""
     x, w, b = _check("conv2d", x, w, b)
     N, C, H, W, OC, KH, KW, OH, OW = _sizes(x.shape, w.shape, stride, padding, dilation)
-    if not _use_direct(C, OC, stride):
+    if not _use_direct(C, OC, OH, OW, stride):
         return _gemm_forward(x, w, b, stride, padding, dilation, OH, OW)
     Hp, Wp = H + 2 * padding[0], W + 2 * padding[1]
-    wt = _pairs(w.reshape(OC, -1))
-    b2 = _pairs(np.zeros(OC, dtype=x.dtype) if b is None else b)
-    offs = _tap_offsets(C, KH, KW, Hp, Wp, dilation)
+    wt = _zero_pad(w.reshape(OC, C * KH * KW), (2, 4))
+    b2 = _zero_pad(np.zeros(OC, dtype=x.dtype) if b is None else b, (2,))
+    offs = _zero_pad(_tap_offsets(C, KH, KW, Hp, Wp, dilation), (4,))
     y = np.empty((N, OC, OH, OW), dtype=x.dtype)
-    _direct_forward(x, wt, b2, offs, padding[0], padding[1], Hp, Wp, y)
+    L = _wide_length(OH, OW, Wp)
+    _direct_forward(x, wt, b2, offs, padding[0], padding[1], Hp, Wp, L, y)
     return y
 
 
@@ -362,13 +349,14 @@ def conv2d_backward_data(dy, w, x_shape, stride, padding, dilation):
     N, C, H, W, OC, KH, KW, OH, OW = _sizes(x_shape, w.shape, stride, padding, dilation)
     if tuple(dy.shape) != (N, OC, OH, OW):
         raise ValueError(f"conv2d_backward_data: dy has shape {dy.shape}, expected {(N, OC, OH, OW)}")
-    if not _use_direct(C, OC, stride):
+    if not _use_direct(C, OC, OH, OW, stride):
         return _gemm_backward_data(dy, w, x_shape, stride, padding, dilation, OH, OW)
     Hp, Wp = H + 2 * padding[0], W + 2 * padding[1]
-    wt = _pairs(w.reshape(OC, C, KH * KW).transpose(1, 2, 0))  # (C2, KH*KW, OC)
-    offs = _tap_offsets(1, KH, KW, Hp, Wp, dilation, per_channel=False)
+    wt = _zero_pad(w.reshape(OC, C, KH * KW).transpose(1, 2, 0), (2, 1, 4))  # (C2, KH*KW, OC4)
+    offs = _tap_offsets(1, KH, KW, Hp, Wp, dilation)
     dx = np.empty(x_shape, dtype=dy.dtype)
-    _direct_backward_data(dy, wt, offs, padding[0], padding[1], Hp, Wp, dx)
+    L = _wide_length(OH, OW, Wp)
+    _direct_backward_data(dy, wt, offs, padding[0], padding[1], Hp, Wp, L, dx)
     return dx
 
 
@@ -379,11 +367,13 @@ def conv2d_backward_weight(x, dy, w_shape, stride, padding, dilation):
     N, C, H, W, OC, KH, KW, OH, OW = _sizes(x.shape, w_shape, stride, padding, dilation)
     if tuple(dy.shape) != (N, OC, OH, OW):
         raise ValueError(f"conv2d_backward_weight: dy has shape {dy.shape}, expected {(N, OC, OH, OW)}")
-    if not _use_direct(C, OC, stride):
+    if not _use_direct(C, OC, OH, OW, stride):
         return _gemm_backward_weight(x, dy, w_shape, stride, padding, dilation, OH, OW)
     Hp, Wp = H + 2 * padding[0], W + 2 * padding[1]
-    offs = _tap_offsets(C, KH, KW, Hp, Wp, dilation)
+    T = C * KH * KW
+    offs = _zero_pad(_tap_offsets(C, KH, KW, Hp, Wp, dilation), (4,))
     P = max(1, min(N, numba.get_num_threads()))
-    parts = np.zeros((P, OC + OC % 2, C * KH * KW), dtype=x.dtype)
-    _direct_backward_weight(x, dy, offs, padding[0], padding[1], Hp, Wp, parts)
-    return parts.sum(axis=0)[:OC].reshape(w_shape)
+    parts = np.zeros((P, OC + OC % 2, offs.size), dtype=x.dtype)
+    L = _wide_length(OH, OW, Wp)
+    _direct_backward_weight(x, dy, offs, padding[0], padding[1], Hp, Wp, L, parts)
+    return np.ascontiguousarray(parts.sum(axis=0)[:OC, :T]).reshape(w_shape)

