@@ -2,38 +2,13 @@
 
 from __future__ import annotations
 
-import gzip
 import json
-import struct
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from dlx.cli import main
-
-
-def write_idx(path, array):
-    """An IDX file as MNIST's (big-endian dims, uint8 data), gzip-compressed."""
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
-
-
-@pytest.fixture
-def mnist_dir(tmp_path):
-    """A tiny MNIST folder in the official format: class c lights up row block c."""
-    root = tmp_path / "data"
-    (root / "mnist").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 128), ("t10k", 64)):
-        y = rng.integers(0, 10, n)
-        x = rng.integers(0, 40, (n, 28, 28))
-        for i, c in enumerate(y):
-            x[i, 2 * c + 3 : 2 * c + 6, 4:24] = 250
-        write_idx(root / "mnist" / f"{prefix}-images-idx3-ubyte.gz", x)
-        write_idx(root / "mnist" / f"{prefix}-labels-idx1-ubyte.gz", y)
-    return root
 
 
 def test_train_then_eval(mnist_dir, tmp_path, capsys):

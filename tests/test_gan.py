@@ -4,9 +4,7 @@ gradients), one GAN step touching only what it should, and the `dlx gan` command
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
-import struct
 
 import numpy as np
 import pytest
@@ -300,25 +298,6 @@ def test_train_gan_history_and_callback():
 
 
 # ---- the `dlx gan` command ---------------------------------------------------------------------
-def _write_idx(path, array):
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
-
-
-@pytest.fixture
-def mnist_dir(tmp_path):
-    """A tiny MNIST folder in the official format: class c lights up row block c."""
-    root = tmp_path / "data"
-    (root / "mnist").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 96), ("t10k", 40)):
-        y = rng.integers(0, 10, n)
-        x = rng.integers(0, 40, (n, 28, 28))
-        for i, c in enumerate(y):
-            x[i, 2 * c + 3: 2 * c + 6, 4:24] = 250
-        _write_idx(root / "mnist" / f"{prefix}-images-idx3-ubyte.gz", x)
-        _write_idx(root / "mnist" / f"{prefix}-labels-idx1-ubyte.gz", y)
-    return root
 
 
 def _parse(argv):
