@@ -119,6 +119,13 @@ fi
 # -- 04: per-kernel benchmark ------------------------------------------------------------------
 stage 04_benchmark 150 "$PY" benchmarks/kernels_cuda.py --out "$OUT/kernels_cuda.json"
 
+# -- 04b: whole-model speed on the GPU: LeNet-5 step/epoch vs PyTorch eager, and the loader
+# with and without augmentation (random CIFAR-shaped data: the GPU machine has no data sets)
+stage 04b_lenet_gpu 120 "$PY" benchmarks/lenet_step.py --device cuda --steps 100 --rounds 2 \
+    --json "$OUT/lenet_step_cuda.json"
+stage 04c_augment_gpu 90 "$PY" benchmarks/augment_cost.py --device cuda --batches 200 --rounds 2 \
+    --data-dir /nonexistent --json "$OUT/augment_cost_cuda.json"
+
 # -- 05: the rest of the suite (CPU and strict devices; cuda tests already ran) ----------------
 if has pytest; then
     stage 05_pytest_rest 200 "$PY" -m pytest -m "not cuda" -q -rfEs --durations=15 \

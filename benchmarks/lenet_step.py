@@ -1,6 +1,12 @@
-"""One LeNet-5 training step (batch 128, 3x32x32, Adam) on the CPU: dlx vs PyTorch.
+"""One LeNet-5 training step (batch 128, 3x32x32, Adam): dlx vs PyTorch on one device.
 
-    python benchmarks/lenet_step.py [--steps 40] [--rounds 3] [--json benchmarks/results/X.json]
+    python benchmarks/lenet_step.py [--device cpu|cuda] [--steps 40] [--rounds 3] [--json X.json]
+
+On ``--device cuda`` both frameworks run on the GPU with the batch already there; memory
+is then the GPU memory each framework's allocator holds (CuPy's pool total, PyTorch's
+max reserved) above what it held before the model was made, and an epoch of CIFAR-10
+(391 steps) is reported as 391 median steps. Every step reads the loss back (one sync),
+in both frameworks.
 
 Each framework runs in its own fresh process (so peak memory is its own): images/s over
 the timed steps (after warm-up), peak resident memory added by training (peak RSS minus the
@@ -43,7 +49,17 @@ def _reset_peak() -> bool:
         return False
 
 
-def worker_dlx(steps: int) -> dict:
+def _gpu_bytes(kind: str) -> int:
+    if kind == "dlx":
+        import cupy
+
+        return cupy.get_default_memory_pool().total_bytes()
+    import torch
+
+    return torch.cuda.max_memory_reserved()
+
+
+def worker_dlx(steps: int, device: str = "cpu") -> dict:
     t0 = time.perf_counter()
     import numpy as np
 
@@ -52,14 +68,16 @@ def worker_dlx(steps: int) -> dict:
     from dlx.models import LeNet5
 
     t_import = time.perf_counter() - t0
+    dev = dlx.device(device)
     base = _start_memory()
+    gpu_base = _gpu_bytes("dlx") if dev.type == "cuda" else 0
     dlx.manual_seed(0)
-    model = LeNet5()
+    model = LeNet5(device=dev)
     opt = optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
     rng = np.random.default_rng(0)
-    x = dlx.asarray(rng.standard_normal((BATCH, 3, 32, 32)), dtype="float32")
-    y = dlx.asarray(rng.integers(0, 10, BATCH))
+    x = dlx.asarray(rng.standard_normal((BATCH, 3, 32, 32)), device=dev, dtype="float32")
+    y = dlx.asarray(rng.integers(0, 10, BATCH), device=dev)
 
     def step():
         loss = loss_fn(model(x), y)
@@ -71,25 +89,30 @@ def worker_dlx(steps: int) -> dict:
     t1 = time.perf_counter()
     step()
     first = time.perf_counter() - t1
-    return _timed(step, steps, base, {"import_s": t_import, "first_step_s": first})
+    out = _timed(step, steps, base, {"import_s": t_import, "first_step_s": first})
+    if dev.type == "cuda":
+        out["peak_gpu_mib"] = (_gpu_bytes("dlx") - gpu_base) / 2**20
+    return out
 
 
-def worker_torch(steps: int) -> dict:
+def worker_torch(steps: int, device: str = "cpu") -> dict:
     import numpy as np
     import torch
 
+    dev = torch.device("cuda" if device.startswith("cuda") else "cpu")
     base = _start_memory()
+    gpu_base = _gpu_bytes("torch") if dev.type == "cuda" else 0
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 6, 5), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
         torch.nn.Conv2d(6, 16, 5), torch.nn.ReLU(), torch.nn.MaxPool2d(2), torch.nn.Flatten(),
         torch.nn.Linear(400, 120), torch.nn.ReLU(), torch.nn.Linear(120, 84), torch.nn.ReLU(),
-        torch.nn.Linear(84, 10))
+        torch.nn.Linear(84, 10)).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = torch.nn.CrossEntropyLoss()
     rng = np.random.default_rng(0)
-    x = torch.from_numpy(rng.standard_normal((BATCH, 3, 32, 32)).astype(np.float32))
-    y = torch.from_numpy(rng.integers(0, 10, BATCH))
+    x = torch.from_numpy(rng.standard_normal((BATCH, 3, 32, 32)).astype(np.float32)).to(dev)
+    y = torch.from_numpy(rng.integers(0, 10, BATCH)).to(dev)
 
     def step():
         loss = loss_fn(model(x), y)
@@ -101,9 +124,12 @@ def worker_torch(steps: int) -> dict:
     t1 = time.perf_counter()
     step()
     first = time.perf_counter() - t1
-    return _timed(step, steps, base, {"first_step_s": first,
-                                      "torch_threads": torch.get_num_threads(),
-                                      "torch": torch.__version__})
+    out = _timed(step, steps, base, {"first_step_s": first, "torch_threads": torch.get_num_threads(),
+                                     "torch": torch.__version__})
+    if dev.type == "cuda":
+        out["peak_gpu_mib"] = (_gpu_bytes("torch") - gpu_base) / 2**20
+        out["gpu"] = torch.cuda.get_device_name()
+    return out
 
 
 def _start_memory() -> int:
@@ -141,8 +167,8 @@ def _median_round(results: list) -> dict:
     return out
 
 
-def _run(kind: str, steps: int, env=None) -> dict:
-    cmd = [sys.executable, __file__, "--worker", kind, "--steps", str(steps)]
+def _run(kind: str, steps: int, env=None, device: str = "cpu") -> dict:
+    cmd = [sys.executable, __file__, "--worker", kind, "--steps", str(steps), "--device", device]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
@@ -151,6 +177,7 @@ def _run(kind: str, steps: int, env=None) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (both frameworks)")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--rounds", type=int, default=3, help="alternating dlx/torch runs")
     ap.add_argument("--json", help="also write the results to this JSON file")
@@ -158,19 +185,22 @@ def main() -> int:
     args = ap.parse_args()
     if args.worker:
         fn = worker_dlx if args.worker == "dlx" else worker_torch
-        print(json.dumps(fn(args.steps)))
+        print(json.dumps(fn(args.steps, args.device)))
         return 0
 
-    with tempfile.TemporaryDirectory() as cache:
-        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
-        cold = _run("dlx", 1, env)
-        warm = _run("dlx", 1, env)
+    cold = warm = {}
+    if args.device == "cpu":
+        with tempfile.TemporaryDirectory() as cache:
+            env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+            cold = _run("dlx", 1, env)
+            warm = _run("dlx", 1, env)
     rounds = {"dlx": [], "torch": []}
     for _ in range(args.rounds):
         for kind in rounds:
-            rounds[kind].append(_run(kind, args.steps))
+            rounds[kind].append(_run(kind, args.steps, device=args.device))
     dlx_res, torch_res = (_median_round(rounds[k]) for k in ("dlx", "torch"))
     result = {
+        "device": args.device,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "python": platform.python_version(),
         "batch": BATCH,
@@ -182,21 +212,29 @@ def main() -> int:
     }
     if "images_per_s" in dlx_res and "images_per_s" in torch_res:
         result["throughput_ratio_dlx_over_torch"] = dlx_res["images_per_s"] / torch_res["images_per_s"]
-        result["peak_memory_ratio_dlx_over_torch"] = (
-            dlx_res["peak_training_mib"] / max(torch_res["peak_training_mib"], 1e-9))
-    print(f"LeNet-5 training step, batch {BATCH}, Adam, CPU ({result['machine']})")
+        mem = "peak_gpu_mib" if args.device != "cpu" else "peak_training_mib"
+        result["peak_memory_ratio_dlx_over_torch"] = dlx_res[mem] / max(torch_res[mem], 1e-9)
+        result["epoch_s_dlx"] = 391 * dlx_res["step_ms_median"] / 1e3  # CIFAR-10: 391 batches
+        result["epoch_s_torch"] = 391 * torch_res["step_ms_median"] / 1e3
+    print(f"LeNet-5 training step, batch {BATCH}, Adam, {args.device} ({result['machine']})")
     for name, r in (("dlx", dlx_res), ("torch", torch_res)):
         if "error" in r:
             print(f"  {name:6s} not run: {r['error']}")
             continue
         print(f"  {name:6s} {r['images_per_s']:8.0f} images/s  step {r['step_ms_median']:6.1f} ms "
               f"(min {r['step_ms_min']:.1f}; round medians {r.get('rounds_step_ms_median')})  "
-              f"peak +{r['peak_training_mib']:.1f} MiB during training")
+              f"peak +{r['peak_training_mib']:.1f} MiB during training"
+              + (f", GPU +{r['peak_gpu_mib']:.1f} MiB" if "peak_gpu_mib" in r else ""))
     if "throughput_ratio_dlx_over_torch" in result:
         print(f"  ratio dlx/torch: throughput {result['throughput_ratio_dlx_over_torch']:.2f}x, "
               f"peak memory {result['peak_memory_ratio_dlx_over_torch']:.2f}x")
-    cold_s, warm_s = result["dlx_first_step_cold_cache_s"], result["dlx_first_step_warm_cache_s"]
-    print(f"  dlx first step in a fresh process: cold Numba cache {cold_s:.2f} s, warm {warm_s:.2f} s")
+    if "epoch_s_dlx" in result:
+        print(f"  CIFAR-10 epoch (391 steps): dlx {result['epoch_s_dlx']:.2f} s, "
+              f"torch {result['epoch_s_torch']:.2f} s")
+    if args.device == "cpu":
+        cold_s, warm_s = result["dlx_first_step_cold_cache_s"], result["dlx_first_step_warm_cache_s"]
+        print(f"  dlx first step in a fresh process: cold Numba cache {cold_s:.2f} s, "
+              f"warm {warm_s:.2f} s")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -38,6 +38,12 @@ def _jsonable(value):
     return value
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save(path, model, optimizer=None, **meta) -> str:
     """Write ``model`` (and ``optimizer``) to ``path`` atomically; returns the path.
 
@@ -86,6 +92,7 @@ def save(path, model, optimizer=None, **meta) -> str:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is a normal file
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
