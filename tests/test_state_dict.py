@@ -124,3 +124,21 @@ def test_sequential_indexing_and_repr():
     assert "Conv2d(1, 4, kernel_size=(3, 3)" in repr(m)
     with pytest.raises(TypeError, match="not a Module"):
         nn.Sequential(nn.ReLU(), 3)
+
+
+def test_backward_without_input_grad_gives_the_same_parameter_grads(dev):
+    """fit's backward(dy, input_grad=False): the first layer skips dx, grads are unchanged."""
+    x = dlx.asarray(np.random.default_rng(0).standard_normal((2, 1, 8, 8)), device=dev)
+    grads = []
+    for input_grad in (True, False):
+        dlx.manual_seed(0)
+        m = small_cnn(dev)
+        y = m(x)
+        dx = m.backward(dlx.asarray(np.ones(tuple(y.shape)), device=dev), input_grad=input_grad)
+        assert (dx is None) == (not input_grad)
+        grads.append([dlx.to_numpy(p.grad) for p in m.parameters()])
+    for a, b in zip(*grads):
+        np.testing.assert_array_equal(a, b)
+    relu_first = nn.Sequential(nn.ReLU(), nn.Linear(3, 2))  # cannot skip: returns dx anyway
+    relu_first(dlx.asarray(np.ones((4, 3))))
+    assert relu_first.backward(dlx.asarray(np.ones((4, 2))), input_grad=False).shape == (4, 3)

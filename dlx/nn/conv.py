@@ -76,12 +76,17 @@ class Conv2d(_ConvNd):
         self._cache = (x, backend)
         return backend.conv2d(x, self.weight.data, b, *self._geometry())
 
-    def backward(self, dy):
+    can_skip_input_grad = True
+
+    def backward(self, dy, input_grad: bool = True):
+        """dL/dx (None when ``input_grad`` is False: the first layer of a model needs none)."""
         x, backend = self._saved()
         w = self.weight.data
         if not self._grad_enabled:
+            if not input_grad:
+                return None
             return backend.conv2d_backward_data(dy, w, tuple(x.shape), *self._geometry())
-        dx, dw, db = backend.conv2d_backward(x, w, dy, *self._geometry(),
+        dx, dw, db = backend.conv2d_backward(x, w, dy, *self._geometry(), need_dx=input_grad,
                                              need_db=self.bias is not None)
         self.weight.accumulate_grad(dw)
         if self.bias is not None:
@@ -128,11 +133,13 @@ class ConvTranspose2d(_ConvNd):
         self._cache = (x, backend)
         return y
 
-    def backward(self, dy):
+    can_skip_input_grad = True
+
+    def backward(self, dy, input_grad: bool = True):
         x, backend = self._saved()
         w = self.weight.data
         geometry = self._geometry()
-        dx = backend.conv2d(dy, w, None, *geometry)
+        dx = backend.conv2d(dy, w, None, *geometry) if input_grad else None
         if self._grad_enabled:
             self.weight.accumulate_grad(
                 backend.conv2d_backward_weight(dy, x, tuple(w.shape), *geometry))

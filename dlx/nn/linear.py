@@ -40,7 +40,10 @@ class Linear(Module):
         self._cache = (x2, tuple(x.shape))
         return xp.reshape(y, (*x.shape[:-1], self.out_features))
 
-    def backward(self, dy):
+    can_skip_input_grad = True
+
+    def backward(self, dy, input_grad: bool = True):
+        """dL/dx (None when ``input_grad`` is False: the first layer of a model needs none)."""
         x2, x_shape = self._saved()
         xp = get_namespace(dy)
         dy2 = xp.reshape(dy, (-1, self.out_features))
@@ -48,6 +51,8 @@ class Linear(Module):
             self.weight.accumulate_grad(xp.matmul(dy2.T, x2))
             if self.bias is not None:
                 self.bias.accumulate_grad(xp.sum(dy2, axis=0))
+        if not input_grad:
+            return None
         return xp.reshape(xp.matmul(dy2, self.weight.data), x_shape)
 
     def extra_repr(self):

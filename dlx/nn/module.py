@@ -146,6 +146,10 @@ class Module:
     def backward(self, dy):
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
+    #: True when ``backward(dy, input_grad=False)`` is accepted: the module then only
+    #: accumulates parameter gradients and returns None (saves the first layer's dx).
+    can_skip_input_grad = False
+
     def _saved(self):
         """What forward cached for backward; an error if forward has not run."""
         if self._cache is None:
@@ -370,10 +374,18 @@ class Sequential(Module):
             x = m(x)
         return x
 
-    def backward(self, dy):
-        for m in reversed(self._modules.values()):
-            dy = m.backward(dy)
-        return dy
+    can_skip_input_grad = True
+
+    def backward(self, dy, input_grad: bool = True):
+        """Backward through the modules in reverse. ``input_grad=False`` (what ``dlx.fit``
+        passes) lets the first module skip dL/dx, which nothing uses when training; the
+        result is then None if the first module can skip it."""
+        mods = list(self._modules.values())
+        for i in range(len(mods) - 1, 0, -1):
+            dy = mods[i].backward(dy)
+        if mods and not input_grad and mods[0].can_skip_input_grad:
+            return mods[0].backward(dy, input_grad=False)
+        return mods[0].backward(dy) if mods else dy
 
     def append(self, module: Module):
         self._modules[str(len(self._modules))] = module
