@@ -81,7 +81,7 @@ def worker_dlx(steps: int, device: str = "cpu") -> dict:
 
     def step():
         loss = loss_fn(model(x), y)
-        model.backward(loss_fn.backward(), input_grad=False)  # as torch: no grad for the input
+        model.backward_params(loss_fn.backward())  # as torch: no gradient for the input
         opt.step()
         opt.zero_grad()
         return float(loss)

@@ -146,10 +146,10 @@ def gan_step(generator, discriminator, real, z, g_optimizer, d_optimizer, loss_f
     d_optimizer.zero_grad()
     out_real = discriminator(real)
     loss_real = loss_fn(out_real, xp.ones_like(out_real))
-    discriminator.backward(loss_fn.backward())
+    discriminator.backward_params(loss_fn.backward())
     out_fake = discriminator(fake)
     loss_fake = loss_fn(out_fake, xp.zeros_like(out_fake))
-    discriminator.backward(loss_fn.backward())
+    discriminator.backward_params(loss_fn.backward())
     d_optimizer.step()
     d_optimizer.zero_grad()
 
@@ -161,7 +161,7 @@ def gan_step(generator, discriminator, real, z, g_optimizer, d_optimizer, loss_f
         dfake = discriminator.backward(loss_fn.backward())
     finally:
         discriminator.requires_grad_(True)
-    generator.backward(dfake)
+    generator.backward_params(dfake)
     g_optimizer.step()
     g_optimizer.zero_grad()
     return {"d_loss": loss_real + loss_fake, "g_loss": g_loss,

@@ -210,10 +210,7 @@ def fit(model, loss_fn, optimizer, train_loader, epochs: int, val_loader=None, s
                 raise FloatingPointError(
                     f"loss became {value} at epoch {epoch + 1}, step {step + 1}: training stopped "
                     f"(try a lower learning rate){kept}")
-            if getattr(model, "can_skip_input_grad", False):
-                model.backward(loss_fn.backward(), input_grad=False)  # dL/dx is not needed
-            else:
-                model.backward(loss_fn.backward())
+            model.backward_params(loss_fn.backward())  # dL/dx of the input is not needed
             optimizer.step()
             optimizer.zero_grad()
             if per_batch:

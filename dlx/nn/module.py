@@ -150,6 +150,14 @@ class Module:
     #: accumulates parameter gradients and returns None (saves the first layer's dx).
     can_skip_input_grad = False
 
+    def backward_params(self, dy) -> None:
+        """Backward for a training step: accumulate parameter gradients, skipping dL/dx of
+        the first layer where the module allows it (nothing uses it)."""
+        if self.can_skip_input_grad:
+            self.backward(dy, input_grad=False)
+        else:
+            self.backward(dy)
+
     def _saved(self):
         """What forward cached for backward; an error if forward has not run."""
         if self._cache is None:
