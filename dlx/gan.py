@@ -24,7 +24,7 @@ from dlx._device import get_namespace, to_numpy
 
 __all__ = [
     "DCGANDiscriminator", "DCGANGenerator", "MLPDiscriminator", "MLPGenerator",
-    "add_gan_parser", "dcgan_init_", "gan_command", "gan_step", "sample", "save_grid",
+    "add_gan_parser", "dcgan_init_", "gan_command", "gan_step", "sample",
     "train_gan",
 ]
 
@@ -252,32 +252,6 @@ def sample(generator, z, batch_size: int = 500) -> np.ndarray:
     return np.clip((np.concatenate(parts) + 1.0) / 2.0, 0.0, 1.0).astype(np.float32)
 
 
-def save_grid(images, path, title: str = "", caption: str = "", ncols: int = 8) -> str:
-    """An image grid (``images`` (N, 1, H, W) in [0, 1], grey) as a PNG with a title."""
-    from dlx.plots import _pyplot
-
-    plt = _pyplot()
-    imgs = np.asarray(images)[:, 0]
-    n, h, w = imgs.shape
-    nrows, pad = math.ceil(n / ncols), 2
-    canvas = np.ones((nrows * (h + pad) + pad, ncols * (w + pad) + pad), np.float32)
-    for i, img in enumerate(imgs):
-        r, c = divmod(i, ncols)
-        canvas[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = img
-    fig, ax = plt.subplots(figsize=(6, 6.4))
-    ax.imshow(canvas, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if title:
-        ax.set_title(title, fontsize=14)
-    if caption:
-        ax.set_xlabel(caption)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return str(path)
-
-
 # ---- the `dlx gan` command --------------------------------------------------------------------
 def _number(kind, low, strict: bool = False):
     """argparse type: a ``kind`` >= ``low`` (> ``low`` if ``strict``); bad values become
@@ -387,10 +361,10 @@ def gan_command(args) -> int:
 
     def after_epoch(epoch, logs):
         if have_plots:
-            save_grid(sample(generator, fixed_z),
-                      os.path.join(args.out, f"samples_epoch{epoch:03d}.png"),
-                      title=f"epoch {epoch}",
-                      caption=f"{args.model} GAN on MNIST: 64 samples from fixed noise")
+            plots.save_grid(sample(generator, fixed_z),
+                            os.path.join(args.out, f"samples_epoch{epoch:03d}.png"),
+                            title=f"epoch {epoch}",
+                            caption=f"{args.model} GAN on MNIST: 64 samples from fixed noise")
         if classifier is not None:
             z = dev.backend.generator(dev.index, [args.seed, 4, epoch]).normal(
                 (args.num_eval, args.latent_dim))

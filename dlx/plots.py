@@ -1,4 +1,5 @@
-"""Pictures of a run: loss/accuracy curves and a confusion matrix (matplotlib, Agg backend).
+"""Pictures of a run: loss/accuracy curves, a confusion matrix and image grids (matplotlib,
+Agg backend).
 
 matplotlib is an optional dependency (``pip install "dlx[plots]"``); ``have_matplotlib()``
 tells whether it is there.
@@ -7,6 +8,7 @@ tells whether it is there.
 from __future__ import annotations
 
 import importlib.util
+import math
 
 import numpy as np
 
@@ -73,5 +75,29 @@ def plot_confusion(counts: np.ndarray, classes, path, title: str = "") -> str:
         ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def save_grid(images, path, title: str = "", caption: str = "", ncols: int = 8) -> str:
+    """An image grid (``images`` (N, 1, H, W) in [0, 1], grey) as a PNG with a title."""
+    plt = _pyplot()
+    imgs = np.asarray(images)[:, 0]
+    n, h, w = imgs.shape
+    nrows, pad = math.ceil(n / ncols), 2
+    canvas = np.ones((nrows * (h + pad) + pad, ncols * (w + pad) + pad), np.float32)
+    for i, img in enumerate(imgs):
+        r, c = divmod(i, ncols)
+        canvas[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = img
+    fig, ax = plt.subplots(figsize=(6, 6.4))
+    ax.imshow(canvas, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=14)
+    if caption:
+        ax.set_xlabel(caption)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return str(path)
