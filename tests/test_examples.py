@@ -1,0 +1,27 @@
+"""The example scripts run end to end on a tiny data set in the official format."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_mnist_mlp_example(mnist_dir, tmp_path, capsys):
+    out = tmp_path / "mlp"
+    rc = _load("mnist_mlp").main(["--hidden", "16", "8", "--dropout", "0.1", "--epochs", "2",
+                                  "--batch-size", "32", "--data-dir", str(mnist_dir),
+                                  "--out", str(out), "--quiet"])
+    assert rc == 0 and "test accuracy" in capsys.readouterr().out
+    hist = json.loads((out / "history.json").read_text())
+    assert hist["sizes"] == [784, 16, 8, 10] and len(hist["val_accuracy"]) == 2
+    assert (out / "model.npz").exists()
