@@ -25,3 +25,13 @@ def test_mnist_mlp_example(mnist_dir, tmp_path, capsys):
     hist = json.loads((out / "history.json").read_text())
     assert hist["sizes"] == [784, 16, 8, 10] and len(hist["val_accuracy"]) == 2
     assert (out / "model.npz").exists()
+
+
+def test_optimizer_comparison_example(mnist_dir, tmp_path):
+    out = tmp_path / "opt"
+    rc = _load("optimizer_comparison").main(["--epochs", "1", "--limit", "64", "--batch-size", "16",
+                                             "--every", "2", "--data-dir", str(mnist_dir),
+                                             "--out", str(out)])
+    assert rc == 0
+    runs = json.loads((out / "optimizers.json").read_text())["runs"]
+    assert len(runs) == 5 and all(len(r["loss"]) == 2 for r in runs.values())
