@@ -35,3 +35,20 @@ def test_optimizer_comparison_example(mnist_dir, tmp_path):
     assert rc == 0
     runs = json.loads((out / "optimizers.json").read_text())["runs"]
     assert len(runs) == 5 and all(len(r["loss"]) == 2 for r in runs.values())
+
+
+def test_demos_reach_their_figures(tmp_path, capsys):
+    """The write-ups' demos (moons, circle, gates, regression, sine) at their default size."""
+    import pytest
+
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "demos"
+    assert _load("demos").main(["--out", str(out)]) == 0
+    res = json.loads((out / "demos.json").read_text())
+    assert res["moons"]["test_accuracy"] >= 0.97
+    assert res["circle"]["test_accuracy"] >= 0.96
+    assert all(g["correct"] for g in res["gates"].values())
+    assert abs(res["regression"]["linear"]["weight"] - 2) < 0.1
+    assert abs(res["regression"]["logistic"]["slope"] - 4) < 1.0
+    assert res["sine"]["max_abs_error"] < 0.05
+    assert {p.name for p in out.glob("*.png")} == {f"{d}.png" for d in res}
