@@ -54,23 +54,12 @@ def _grid(lo, hi, n=200):
     return xx, yy, np.stack([xx.ravel(), yy.ravel()], axis=1)
 
 
-def moons3(n, seed):
-    """Three interleaved half-moons (up, down, up) with Gaussian noise; labels 0, 1, 2."""
-    rng = np.random.default_rng(seed)
-    label = rng.integers(0, 3, n)
-    t = rng.uniform(0, math.pi, n)
-    cx = np.array([0.0, 1.0, 2.5])[label]
-    up = label != 1
-    x = np.stack([cx + np.where(up, np.cos(t), -np.cos(t)),
-                  np.where(up, np.sin(t), 0.5 - np.sin(t))], axis=1)
-    return x + rng.normal(0, 0.08, x.shape), label
-
-
 def demo_moons(plt, dev, epochs):
     from dlx import nn, optim
+    from dlx.data.toy import three_moons
 
-    x, y = moons3(1500, 1)
-    xt, yt = moons3(1500, 2)
+    x, y = three_moons(1500, 1)
+    xt, yt = three_moons(1500, 2)
     model = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
                           nn.Linear(32, 3)).to(dev)
     _fit(model, nn.CrossEntropyLoss(), optim.Adam(model.parameters(), lr=0.01), x, y, epochs, 64)
@@ -89,14 +78,10 @@ def demo_moons(plt, dev, epochs):
 
 def demo_circle(plt, dev, epochs):
     from dlx import nn, optim
+    from dlx.data.toy import circle
 
-    def data(n, seed):
-        x = np.random.default_rng(seed).uniform(0, 1, (n, 2))
-        inside = ((x - 0.5) ** 2).sum(1) < 1 / (2 * math.pi)
-        return x, np.where(inside, 1.0, -1.0).reshape(-1, 1)
-
-    x, y = data(1000, 1)
-    xt, yt = data(1000, 2)
+    x, y = circle(1000, 1)
+    xt, yt = circle(1000, 2)
     model = nn.Sequential(nn.Linear(2, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(),
                           nn.Linear(32, 1), nn.Tanh()).to(dev)
     _fit(model, nn.MSELoss(), optim.Adam(model.parameters(), lr=0.01), x, y, epochs * 2, 32)

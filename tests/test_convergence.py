@@ -4,13 +4,12 @@ of radius 1/sqrt(2 pi) in [0,1]^2 (MSE + tanh output) and three-class two moons
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
 import dlx
 from dlx import nn, optim
+from dlx.data.toy import circle, three_moons
 
 pytestmark = pytest.mark.slow
 
@@ -37,25 +36,6 @@ def predict(model, x):
     return out
 
 
-def circle_data(n, seed):
-    rng = np.random.default_rng(seed)
-    x = rng.uniform(0, 1, (n, 2))
-    inside = ((x - 0.5) ** 2).sum(axis=1) < 1 / (2 * math.pi)  # area 1/2: balanced classes
-    return x, np.where(inside, 1.0, -1.0).reshape(-1, 1)
-
-
-def moons3(n, seed):
-    """Three interleaved half-moons (up, down, up) with Gaussian noise; labels 0, 1, 2."""
-    rng = np.random.default_rng(seed)
-    label = rng.integers(0, 3, n)
-    t = rng.uniform(0, math.pi, n)
-    cx = np.array([0.0, 1.0, 2.5])[label]
-    up = label != 1
-    x = np.stack([cx + np.where(up, np.cos(t), -np.cos(t)),
-                  np.where(up, np.sin(t), 0.5 - np.sin(t))], axis=1)
-    return x + rng.normal(0, 0.08, x.shape), label
-
-
 @pytest.mark.parametrize("device", ["cpu", "strict"])
 def test_xor_mse_tanh(device):
     if device == "strict":
@@ -70,8 +50,8 @@ def test_xor_mse_tanh(device):
 
 def test_circle_mse_tanh_output():
     dlx.manual_seed(0)
-    x, y = circle_data(1000, seed=1)
-    xt, yt = circle_data(1000, seed=2)
+    x, y = circle(1000, seed=1)
+    xt, yt = circle(1000, seed=2)
     model = nn.Sequential(nn.Linear(2, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(),
                           nn.Linear(32, 1), nn.Tanh())
     train(model, nn.MSELoss(), optim.Adam(model.parameters(), lr=0.01), x, y, 60, batch_size=32)
@@ -81,8 +61,8 @@ def test_circle_mse_tanh_output():
 
 def test_three_class_moons_softmax_cross_entropy():
     dlx.manual_seed(0)
-    x, y = moons3(1500, seed=1)
-    xt, yt = moons3(1500, seed=2)
+    x, y = three_moons(1500, seed=1)
+    xt, yt = three_moons(1500, seed=2)
     model = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
                           nn.Linear(32, 3))
     train(model, nn.CrossEntropyLoss(), optim.Adam(model.parameters(), lr=0.01), x, y, 30,
