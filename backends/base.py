@@ -50,10 +50,15 @@ class Backend:
       max_pool2d_backward(dy, argmax, x_shape, kernel, stride, padding) -> dx
       avg_pool2d(x, kernel, stride, padding, count_include_pad) -> y
       avg_pool2d_backward(dy, x_shape, kernel, stride, padding, count_include_pad) -> dx
+
+    Optional fused updates (None where a backend has none; the optimizer then runs its xp code)
+      adam_step(p, g, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_decay, decoupled, step)
+                                     one Adam/AdamW update in place, bit-for-bit the xp code's
     """
 
     name = "base"
     xp = None
+    adam_step = None
 
     def conv2d_backward(self, x, w, dy, stride, padding, dilation, need_dx=True, need_db=True):
         """(dx, dw, db) of a convolution; dx is None when ``need_dx`` is False, db when ``need_db`` is."""

@@ -9,6 +9,7 @@ import pathlib
 
 import numpy as np
 import pytest
+from conftest import HAS_CUDA
 
 import dlx
 from dlx import optim
@@ -514,6 +515,28 @@ def test_float32_stays_float32(dev, name):
     xp = dev.xp
     for a in [p.data for p in params] + _state_arrays(opt):
         assert a.dtype == xp.float32
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="no usable CUDA GPU (CuPy)")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name, kw", [("Adam", {}), ("Adam", {"weight_decay": 0.1}),
+                                      ("AdamW", {"weight_decay": 0.1}),
+                                      ("Adam", {"lr": 0.05, "betas": (0.5, 0.99), "eps": 1e-6})])
+def test_fused_adam_kernel_gives_the_xp_code_bits(name, kw, dtype, monkeypatch):
+    """On the GPU, Adam runs one fused kernel per parameter (backend.adam_step); with it
+    switched off Adam runs its xp code. Both must give the same bits, step after step."""
+    dev = dlx.device("cuda")
+    assert dev.backend.adam_step is not None, "the CUDA backend has no fused adam_step"
+    p0, grads = _problem(5)
+    params = {}
+    for fused in (True, False):
+        if not fused:
+            monkeypatch.setattr(dev.backend, "adam_step", None)
+        params[fused] = _params(p0, dev, dtype)
+        _run(getattr(optim, name)(params[fused], **kw), params[fused], grads, dev, dtype)
+    for a, b in zip(params[True], params[False]):
+        np.testing.assert_array_equal(dlx.to_numpy(a.data), dlx.to_numpy(b.data))
 
 
 @pytest.mark.parametrize(

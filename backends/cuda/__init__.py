@@ -9,6 +9,8 @@ reported at the kernel that made it.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from ..base import Backend, DeviceError
@@ -96,7 +98,7 @@ class CUDABackend(Backend):
         except Exception as e:
             raise DeviceError(_unusable(f"{type(e).__name__}: {e}")) from e
         self._cupy = cupy
-        from . import conv2d, pooling, rng
+        from . import conv2d, optim, pooling, rng
 
         self._rng = rng
         self.conv2d = conv2d.conv2d
@@ -108,6 +110,8 @@ class CUDABackend(Backend):
         self.max_pool2d_backward = pooling.max_pool2d_backward
         self.avg_pool2d = pooling.avg_pool2d
         self.avg_pool2d_backward = pooling.avg_pool2d_backward
+        if os.environ.get("DLX_CUDA_FUSED", "1") != "0":  # 0: the optimizers' own xp code
+            self.adam_step = optim.adam_step
 
     def check_index(self, index) -> None:
         """DeviceError unless GPU ``index`` exists."""

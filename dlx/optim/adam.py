@@ -79,6 +79,12 @@ class Adam(Optimizer):
                 state = self._state(p, group)
                 xp = p.device.xp
                 state["step"] = step = state["step"] + 1
+                fused = p.device.backend.adam_step  # the same update in one kernel (CUDA)
+                if fused is not None and not amsgrad:
+                    fused(p.data, g, state["exp_avg"], state["exp_avg_sq"], lr=lr, beta1=beta1,
+                          beta2=beta2, eps=eps, weight_decay=weight_decay, decoupled=decoupled,
+                          step=step)
+                    continue
                 if weight_decay != 0:
                     if decoupled:
                         p.data *= 1 - lr * weight_decay
