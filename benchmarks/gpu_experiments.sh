@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The long GPU runs of the experiments (issue 5) and the step profile, in one device call of
+# under 10 minutes (cwd: the repo copy; $OUT: a folder whose files come back):
+#
+#   1. alone on the GPU, for timings: where a LeNet-5 step's time goes
+#      (profile_step_cuda.py), the step and epoch vs PyTorch (lenet_step.py), the loader with
+#      and without augmentation (augment_cost.py);
+#   2. then, side by side on the GPU until the budget runs out: the DCGAN on MNIST scored
+#      by the committed LeNet-5 MNIST classifier (a checkpoint, scores and samples after
+#      every epoch, so a run cut off at the deadline keeps its last epoch), two recipes of
+#      LeNet-5 on augmented CIFAR-10, and meanwhile the cuda-marked tests.
+#
+# Wall times of the runs in step 2 are shared-GPU times, not solo ones. Needs .gpudata/ and
+# build/wheelhouse carried (see gpu_check.sh).
+#
+#     bash benchmarks/gpu_experiments.sh
+
+set -u
+PACK_NAME=gpu_experiments.tgz
+BUDGET="${GPU_EXPERIMENTS_BUDGET:-565}"
+source "$(dirname "$0")/gpu_lib.sh"
+
+stage 01_install 90 bash -c "$(declare -f has install_missing); PY=$PY; install_missing"
+stage 02_profile 90 "$PY" benchmarks/profile_step_cuda.py --json "$LOGS/profile_step_cuda.json"
+stage 03_lenet_gpu 90 "$PY" benchmarks/lenet_step.py --device cuda --steps 100 --rounds 2 \
+    --json "$LOGS/lenet_step_cuda.json"
+stage 04_augment_gpu 60 "$PY" benchmarks/augment_cost.py --device cuda --batches 200 --rounds 2 \
+    --data-dir /nonexistent --json "$LOGS/augment_cost_cuda.json"
+wait_for_data
+
+# -- side by side, each under the deadline ----------------------------------------------------
+DEADLINE=$(( $(remaining) - 20 ))
+background() {  # NAME COMMAND...: run in the background under the deadline, log to NAME.txt
+    local name=$1
+    shift
+    echo "=== $name (limit ${DEADLINE}s, shared GPU): $*" > "$LOGS/$name.txt"
+    ( t0=$(date +%s); timeout -k 5 "$DEADLINE" "$@" >> "$LOGS/$name.txt" 2>&1
+      echo "$name: exit $? in $(( $(date +%s) - t0 ))s (shared GPU)" >> "$SUMMARY" ) &
+}
+background 10_gan_dcgan "$PY" -m dlx.cli gan --dataset mnist --device cuda --epochs 60 \
+    --data-dir .gpudata --classifier examples/results/lenet5_mnist/model.npz --quiet \
+    --out "$LOGS/gan_dcgan"
+background 11_cifar_aug_sgd "$PY" -m dlx.cli train lenet5 --dataset cifar10 --device cuda \
+    --data-dir .gpudata --epochs 60 --optimizer sgd --lr 0.1 --weight-decay 5e-4 \
+    --schedule onecycle --augment --quiet --out "$LOGS/cifar_aug_sgd"
+background 12_cifar_aug_adamw "$PY" -m dlx.cli train lenet5 --dataset cifar10 --device cuda \
+    --data-dir .gpudata --epochs 60 --optimizer adam --lr 3e-3 --weight-decay 0.05 \
+    --schedule onecycle --augment --quiet --out "$LOGS/cifar_aug_adamw"
+
+stage 05_pytest_cuda 400 env NUMBA_NUM_THREADS=8 "$PY" -m pytest -m cuda -q -rfEs --continue-on-collection-errors --durations=10 \
+    --junitxml="$LOGS/pytest_cuda.xml"
+while [ -n "$(jobs -r)" ]; do  # pack now and then until the runs end
+    sleep 15
+    pack
+done
+wait
+echo "total $(( $(date +%s) - START ))s" | tee -a "$SUMMARY"
+pack
+cat "$SUMMARY"
