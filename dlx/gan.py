@@ -24,8 +24,8 @@ from dlx._device import get_namespace, to_numpy
 
 __all__ = [
     "DCGANDiscriminator", "DCGANGenerator", "MLPDiscriminator", "MLPGenerator",
-    "add_gan_parser", "dcgan_init_", "gan_command", "gan_step", "sample",
-    "train_gan",
+    "add_gan_parser", "copy_buffers_", "dcgan_init_", "ema_update_", "gan_command", "gan_step",
+    "sample", "train_gan",
 ]
 
 
@@ -168,9 +168,26 @@ def gan_step(generator, discriminator, real, z, g_optimizer, d_optimizer, loss_f
             "d_real": _sigmoid_mean(xp, out_real), "d_fake": _sigmoid_mean(xp, out_fake)}
 
 
+def ema_update_(average, model, decay: float) -> None:
+    """Exponential moving average of weights, in place: every parameter of ``average``
+    becomes ``decay * average + (1 - decay) * model`` (the models have the same layout).
+    Sampling from the average of the last few thousand generator steps, rather than from
+    the last step alone, smooths out the oscillation of GAN training (Yazıcı et al., 2019)."""
+    for avg, p in zip(average.parameters(), model.parameters()):
+        avg.data *= decay
+        avg.data += (1.0 - decay) * p.data
+
+
+def copy_buffers_(dst, src) -> None:
+    """Copy the buffers (BatchNorm's running statistics) of ``src`` into ``dst``."""
+    names = {name for name, _ in src.named_buffers()}
+    dst.load_state_dict({k: v for k, v in src.state_dict().items() if k in names}, strict=False)
+
+
 def train_gan(generator, discriminator, loader, epochs: int, lr: float = 2e-4,
               betas=(0.5, 0.999), latent_dim: int | None = None, device=None, callback=None,
-              progress: bool = True, g_optimizer=None, d_optimizer=None) -> dict:
+              progress: bool = True, g_optimizer=None, d_optimizer=None, ema_generator=None,
+              ema_decay: float = 0.999) -> dict:
     """Train a GAN for ``epochs`` epochs over ``loader`` (batches ``(x, y)`` or ``x``, images
     in the generator's output range, [-1, 1]) with Adam(lr, betas) for both networks
     (or the optimizers given). Noise z ~ N(0, 1) of size ``latent_dim`` (default
@@ -179,6 +196,9 @@ def train_gan(generator, discriminator, loader, epochs: int, lr: float = 2e-4,
     ``callback(epoch, logs)`` (epoch 1-based) runs after each epoch and may add entries to
     ``logs`` (sample grids, scores); returning True stops training. Returns the history:
     a dict of per-epoch lists ``epoch, d_loss, g_loss, d_real, d_fake, time_s, images_per_s``.
+    With ``ema_generator`` (a copy of the generator), its weights follow the generator's as
+    an exponential moving average (``ema_update_`` with ``ema_decay`` after every step), and
+    its buffers are the generator's at the end of every epoch.
     A NaN or infinite mean loss raises FloatingPointError at the end of its epoch (losses
     are summed on the device and read back every 50 steps, not synchronised every step),
     before the callback, so no checkpoint of the broken weights is written.
@@ -210,6 +230,8 @@ def train_gan(generator, discriminator, loader, epochs: int, lr: float = 2e-4,
             n = int(real.shape[0])
             z = rng_of(dev).normal((n, latent_dim), dtype=dtype)
             out = gan_step(generator, discriminator, real, z, g_optimizer, d_optimizer, loss_fn)
+            if ema_generator is not None:
+                ema_update_(ema_generator, generator, ema_decay)
             # summed on the device; read back every 50 steps for the bar, not every step
             sums = out if sums is None else {k: sums[k] + v for k, v in out.items()}
             seen, steps = seen + n, steps + 1
@@ -227,6 +249,8 @@ def train_gan(generator, discriminator, loader, epochs: int, lr: float = 2e-4,
             raise FloatingPointError(f"train_gan: the loss became non-finite in epoch {epoch} "
                                      f"(d_loss {logs['d_loss']}, g_loss {logs['g_loss']}); "
                                      f"try a lower learning rate")
+        if ema_generator is not None:
+            copy_buffers_(ema_generator, generator)
         stop = bool(callback(epoch, logs)) if callback is not None else False
         for k, v in logs.items():
             history.setdefault(k, []).append(v)
@@ -279,6 +303,11 @@ def add_gan_parser(subparsers):
     g.add_argument("--batch-size", type=_number(int, 2), default=128)
     g.add_argument("--lr", type=_number(float, 0, strict=True), default=2e-4)
     g.add_argument("--latent-dim", type=_number(int, 1), default=100)
+    g.add_argument("--channels", type=_number(int, 1), default=None,
+                   help="DCGAN width c (default 64): G 2c->c->1 channels, D 1->c->2c")
+    g.add_argument("--ema", type=_unit_interval, default=0.0, metavar="DECAY",
+                   help="also keep an exponential moving average of the generator's weights "
+                   "(e.g. 0.999); it is the one sampled, scored and saved (generator_ema.npz)")
     g.add_argument("--data-dir", default=None, help="folder with mnist/ "
                    "(default: DLX_DATA_DIR, else ~/.cache/dlx)")
     g.add_argument("--out", default="runs/gan", help="output folder (default runs/gan)")
@@ -293,6 +322,17 @@ def add_gan_parser(subparsers):
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=gan_command)
     return g
+
+
+def _unit_interval(text):
+    """argparse type: a float in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
 
 
 def _load_classifier(path, dev):
@@ -313,12 +353,17 @@ def gan_command(args) -> int:
     """``dlx gan``: train, and after every epoch write ``samples_epochNNN.png`` (64 samples
     from fixed noise), ``scores.json`` (losses, and IS / Fréchet distance of classifier logits
     with ``--classifier``), ``generator.npz`` and ``discriminator.npz`` (``dlx.save``, each
-    with its Adam state; load with ``dlx.load(path, DCGANGenerator())``)."""
+    with its Adam state; load with ``dlx.load(path, DCGANGenerator())``). With ``--ema``,
+    the weight-averaged generator is sampled and scored (the trained one's scores get a
+    ``_live`` suffix) and saved as ``generator_ema.npz``."""
     import dlx
     from dlx import metrics, optim, plots
     from dlx.data import MNIST, ArrayDataset, DataLoader
     from dlx.data.transforms import Normalize
 
+    if args.channels is not None and args.model != "dcgan":
+        raise ValueError(f"--channels sets the DCGAN's width; the {args.model} GAN has fixed "
+                         f"hidden sizes (leave --channels out)")
     if args.limit is not None and args.limit < args.batch_size:
         raise ValueError(f"--limit {args.limit} is smaller than --batch-size "
                          f"{args.batch_size}: there would be no full batch to train on")
@@ -329,8 +374,14 @@ def gan_command(args) -> int:
         train_set = ArrayDataset(train_set.data[:args.limit], train_set.targets[:args.limit])
     classifier = _load_classifier(args.classifier, dev) if args.classifier else None
     gen_cls, disc_cls = MODELS[args.model]
-    generator = gen_cls(latent_dim=args.latent_dim, device=dev)
-    discriminator = disc_cls(device=dev)
+    width = {} if args.channels is None else {"channels": args.channels}
+    generator = gen_cls(latent_dim=args.latent_dim, device=dev, **width)
+    discriminator = disc_cls(device=dev, **width)
+    ema = None
+    if args.ema:  # the averaged generator is the one sampled, scored and saved as generator_ema.npz
+        ema = gen_cls(latent_dim=args.latent_dim, device=dev, **width)
+        ema.load_state_dict(generator.state_dict())
+        ema.requires_grad_(False)
     # drop_last: BatchNorm needs more than one image, and equal batches keep D and G balanced
     loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
                         seed=args.seed, device=dev, transform=Normalize((0.5,), (0.5,)))
@@ -359,18 +410,24 @@ def gan_command(args) -> int:
     if not have_plots:
         print("sample grids skipped: matplotlib is not installed (pip install \"dlx[plots]\")")
 
+    shown = ema if ema is not None else generator
+
     def after_epoch(epoch, logs):
         if have_plots:
-            plots.save_grid(sample(generator, fixed_z),
+            plots.save_grid(sample(shown, fixed_z),
                             os.path.join(args.out, f"samples_epoch{epoch:03d}.png"),
                             title=f"epoch {epoch}",
-                            caption=f"{args.model} GAN on MNIST: 64 samples from fixed noise")
+                            caption=f"{args.model} GAN on MNIST: 64 samples from fixed noise"
+                + (f" (weight average, decay {args.ema})" if ema is not None else ""))
         if classifier is not None:
             z = dev.backend.generator(dev.index, [args.seed, 4, epoch]).normal(
                 (args.num_eval, args.latent_dim))
-            logs["inception_score"], fake_logits = metrics.classifier_scores(
-                classifier, sample(generator, z), device=dev)
-            logs["frechet_distance"] = metrics.frechet_distance(fake_logits, real_logits)
+            for suffix, model in (("", shown), ("_live", generator if ema is not None else None)):
+                if model is None:
+                    continue
+                logs["inception_score" + suffix], fake_logits = metrics.classifier_scores(
+                    classifier, sample(model, z), device=dev)
+                logs["frechet_distance" + suffix] = metrics.frechet_distance(fake_logits, real_logits)
         report["epochs"].append(dict(logs))
         with open(os.path.join(args.out, "scores.json"), "w") as f:
             json.dump(report, f, indent=1)
@@ -378,14 +435,18 @@ def gan_command(args) -> int:
                 "latent_dim": args.latent_dim, "args": run_args}
         dlx.save(os.path.join(args.out, "generator.npz"), generator, g_opt, **meta)
         dlx.save(os.path.join(args.out, "discriminator.npz"), discriminator, d_opt, **meta)
+        if ema is not None:
+            dlx.save(os.path.join(args.out, "generator_ema.npz"), ema, **meta, ema_decay=args.ema)
 
     t0 = time.perf_counter()
     train_gan(generator, discriminator, loader, args.epochs, latent_dim=args.latent_dim, device=dev,
-              callback=after_epoch, progress=not args.quiet, g_optimizer=g_opt, d_optimizer=d_opt)
+              callback=after_epoch, progress=not args.quiet, g_optimizer=g_opt, d_optimizer=d_opt,
+              ema_generator=ema, ema_decay=args.ema or 0.999)
     last = report["epochs"][-1]
     scores = (f", IS {last['inception_score']:.3f}, Fréchet distance {last['frechet_distance']:.3f}"
               if classifier is not None else "")
     print(f"epoch {last['epoch']}: d_loss {last['d_loss']:.4f}, g_loss {last['g_loss']:.4f}{scores} "
           f"({time.perf_counter() - t0:.0f} s); wrote {args.out}/scores.json, generator.npz, "
-          f"discriminator.npz" + (", samples_epoch*.png" if have_plots else ""))
+          f"discriminator.npz" + (", generator_ema.npz" if ema is not None else "")
+          + (", samples_epoch*.png" if have_plots else ""))
     return 0
