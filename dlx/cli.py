@@ -1,4 +1,4 @@
-"""The ``dlx`` command: ``dlx info``, ``dlx train``, ``dlx eval``, ``dlx gan``.
+"""The ``dlx`` command: ``dlx info``, ``dlx train``, ``dlx eval``, ``dlx gan``, ``dlx digits``.
 
 Errors a user can make (wrong arguments, a missing data set, an unreadable checkpoint,
 a device that isn't there) print one line and exit non-zero, without a traceback.
@@ -228,6 +228,38 @@ def evaluate(args) -> int:
     return 0
 
 
+# ---- dlx digits -----------------------------------------------------------------------------
+def digits(args) -> int:
+    """Find and read the handwritten digits in a picture; write it annotated."""
+    import dlx
+    from dlx import digits as D
+    from dlx import plots
+
+    try:  # Pillow reads the picture, matplotlib draws the answer: both come with dlx[plots]
+        if not plots.have_matplotlib():
+            raise ImportError(f"drawing the annotated image needs matplotlib: {D.PLOTS_HINT}")
+        image = D.load_image(args.image)
+    except ImportError as e:
+        print(f"dlx: error: {e}", file=sys.stderr)
+        return 1
+    dev = dlx.device(args.device)
+    model = D.load_mnist_model(args.model, device=dev)
+    t0 = time.perf_counter()
+    results = D.read_digits(image, model, invert=args.invert)
+    elapsed = time.perf_counter() - t0
+    out = args.out or f"{os.path.splitext(args.image)[0]}_digits.png"
+    D.annotate(image, results, out)
+    print(f"{args.image}: {len(results)} digit{'s' * (len(results) != 1)} found "
+          f"({image.shape[1]}x{image.shape[0]} px, {elapsed:.2f} s on {dev})")
+    for line in D.lines(results):
+        print("  " + " ".join(str(d) for _, d, _ in line))
+    unsure = [f"{d} ({c:.2f})" for _, d, c in results if c < 0.9]
+    if unsure:
+        print(f"  unsure (confidence < 0.9): {', '.join(unsure)}")
+    print(f"wrote {out}")
+    return 0
+
+
 # ---- entry point ----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dlx", description="dlx: a readable deep-learning framework.")
@@ -260,6 +292,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=1000)
     e.add_argument("--out", default=None, help="confusion-matrix PNG (default: beside CKPT)")
 
+    d = sub.add_parser("digits", help="find and read handwritten digits in a picture")
+    d.add_argument("image", help="PNG, JPEG, ... of dark digits on light paper")
+    d.add_argument("--model", required=True, metavar="CKPT",
+                   help="an MNIST LeNet-5 checkpoint (dlx train lenet5 --dataset mnist)")
+    d.add_argument("--out", default=None, help="annotated PNG (default: IMAGE_digits.png beside IMAGE)")
+    d.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: DLX_DEVICE or cpu)")
+    d.add_argument("--invert", action="store_true", help="light digits on a dark ground")
+
     from dlx.gan import add_gan_parser
 
     add_gan_parser(sub)
@@ -280,6 +320,8 @@ def main(argv=None) -> int:
             return evaluate(args)
         if args.command == "gan":
             return args.func(args)
+        if args.command == "digits":
+            return digits(args)
         build_parser().print_help()
         return 2
     except UsageError as e:
