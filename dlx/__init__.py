@@ -25,7 +25,7 @@ __version__ = "0.1.0"
 float32 = "float32"
 float64 = "float64"
 
-_SUBMODULES = ("data", "gan", "init", "metrics", "models", "nn", "optim", "testing")
+_SUBMODULES = ("data", "digits", "gan", "init", "metrics", "models", "nn", "optim", "testing", "viz")
 _LAZY = {  # name -> module that defines it, imported on first use
     "save": "dlx.serialization", "load": "dlx.serialization",
     "fit": "dlx.training", "evaluate": "dlx.training", "History": "dlx.training",
