@@ -14,7 +14,9 @@ For dlx (with Adam's fused kernel and with Adam's plain xp code) and for PyTorch
 - dlx only: the functions that take the host's time (cProfile, top 15 by own time).
 
 If host is close to step and gpu far below it, the step is bound by the host (Python and
-launch overhead), not by the kernels.
+launch overhead), not by the kernels. If host comes out near the spin's length over the
+burst (~60 ms), something in the step read a result back and waited for the GPU (for dlx in
+2026-11: CrossEntropyLoss's label-range check); gpu then includes that wait too.
 """
 
 from __future__ import annotations
