@@ -34,7 +34,7 @@ stage 00_env 60 bash -c "
     nvidia-smi || echo 'nvidia-smi not found'
 "
 
-stage 01_install 90 bash -c "$(declare -f has install_missing); PY=$PY; install_missing"
+install_stage 01_install
 
 # -- 02: GPU, driver, CUDA and CuPy versions, dlx's view of the device ------------------------
 stage 02_info 60 "$PY" -c "
@@ -73,12 +73,8 @@ fi
 # -- 04: per-kernel benchmark ------------------------------------------------------------------
 stage 04_benchmark 90 "$PY" benchmarks/kernels_cuda.py --out "$LOGS/kernels_cuda.json"
 
-# -- 04b: whole-model speed on the GPU: LeNet-5 step/epoch vs PyTorch eager, and the loader
-# with and without augmentation (random CIFAR-shaped data: the GPU machine has no data sets)
-stage 04b_lenet_gpu 90 "$PY" benchmarks/lenet_step.py --device cuda --steps 100 --rounds 2 \
-    --json "$LOGS/lenet_step_cuda.json"
-stage 04c_augment_gpu 60 "$PY" benchmarks/augment_cost.py --device cuda --batches 200 --rounds 2 \
-    --data-dir /nonexistent --json "$LOGS/augment_cost_cuda.json"
+# -- 04b/04c: whole-model speed on the GPU (gpu_lib.sh)
+model_speed_stages 04b_lenet_gpu 04c_augment_gpu
 
 # -- 06/07: real data on cuda: the README's main job (LeNet-5, CIFAR-10, 10 epochs) and a short
 # DCGAN run scored by the committed MNIST LeNet-5 (time per epoch; samples; IS / FD) ----------

@@ -22,12 +22,9 @@ PACK_NAME=gpu_experiments.tgz
 BUDGET="${GPU_EXPERIMENTS_BUDGET:-540}"
 source "$(dirname "$0")/gpu_lib.sh"
 
-stage 01_install 90 bash -c "$(declare -f has install_missing); PY=$PY; install_missing"
+install_stage 01_install
 stage 02_profile 90 "$PY" benchmarks/profile_step_cuda.py --json "$LOGS/profile_step_cuda.json"
-stage 03_lenet_gpu 90 "$PY" benchmarks/lenet_step.py --device cuda --steps 100 --rounds 2 \
-    --json "$LOGS/lenet_step_cuda.json"
-stage 04_augment_gpu 60 "$PY" benchmarks/augment_cost.py --device cuda --batches 200 --rounds 2 \
-    --data-dir /nonexistent --json "$LOGS/augment_cost_cuda.json"
+model_speed_stages 03_lenet_gpu 04_augment_gpu
 wait_for_data
 
 # -- side by side, each under the deadline ----------------------------------------------------

@@ -95,3 +95,16 @@ wait_for_data() {
         REBUILD_PID=
     fi
 }
+
+# The stages both scripts run: dlx installed (and the wheels the machine lacks), and the
+# whole-model speed on the GPU: LeNet-5 step/epoch vs PyTorch eager, and the loader with and
+# without augmentation (random CIFAR-shaped data, so no data set is needed).
+install_stage() {  # NAME
+    stage "$1" 90 bash -c "$(declare -f has install_missing); PY=$PY; install_missing"
+}
+model_speed_stages() {  # NAME_OF_STEP_STAGE NAME_OF_LOADER_STAGE
+    stage "$1" 90 "$PY" benchmarks/lenet_step.py --device cuda --steps 100 --rounds 2 \
+        --json "$LOGS/lenet_step_cuda.json"
+    stage "$2" 60 "$PY" benchmarks/augment_cost.py --device cuda --batches 200 --rounds 2 \
+        --data-dir /nonexistent --json "$LOGS/augment_cost_cuda.json"
+}
