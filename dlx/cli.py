@@ -143,6 +143,9 @@ def train(args) -> int:
 
     if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
         raise UsageError("dlx train: --epochs, --batch-size and --lr must be positive")
+    if not 0.0 <= args.label_smoothing < 1.0:
+        raise UsageError(f"dlx train: --label-smoothing must be in [0, 1), got {args.label_smoothing}")
+    _check_tta("dlx train", args, args.dataset)
     dev = dlx.device(args.device)
     dlx.manual_seed(args.seed)
     train_set = _dataset(args.dataset, True, args.data_dir)
@@ -168,12 +171,17 @@ def train(args) -> int:
           f"batch {args.batch_size}, {args.optimizer} lr {args.lr}"
           + (", augmented" if args.augment else ""))
     t0 = time.perf_counter()
-    hist = dlx.fit(model, dlx.nn.CrossEntropyLoss(), opt, loader, epochs=args.epochs,
-                   val_loader=val, scheduler=sched, callbacks=[dlx.Checkpoint(ckpt_path, meta=meta)],
-                   progress=not args.quiet, initial_epoch=start, history=history)
+    hist = dlx.fit(model, dlx.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing), opt, loader,
+                   epochs=args.epochs, val_loader=val, scheduler=sched,
+                   callbacks=[dlx.Checkpoint(ckpt_path, meta=meta)], progress=not args.quiet,
+                   initial_epoch=start, history=history)
     elapsed = time.perf_counter() - t0
+    record = {**hist.to_dict(), "device": str(dev), "wall_time_s": elapsed}
+    if args.tta and len(hist):
+        tta = dlx.evaluate(model, dlx.nn.CrossEntropyLoss(), val, flip_tta=True)
+        record["test_accuracy_flip_tta"] = tta["accuracy"]
     with open(os.path.join(args.out, "history.json"), "w") as f:
-        json.dump({**hist.to_dict(), "device": str(dev), "wall_time_s": elapsed}, f, indent=1)
+        json.dump(record, f, indent=1)
     from dlx import plots
 
     if plots.have_matplotlib() and len(hist):
@@ -185,7 +193,16 @@ def train(args) -> int:
         print(f"test accuracy {hist['val_accuracy'][-1]:.4f} after {hist['epoch'][-1]} epochs "
               f"({elapsed:.0f} s); wrote {args.out}/model.npz, history.json"
               + (", curves.png" if plots.have_matplotlib() else ""))
+        if args.tta:
+            print(f"test accuracy {record['test_accuracy_flip_tta']:.4f} with each image averaged "
+                  "with its mirror image (--tta)")
     return 0
+
+
+def _check_tta(prog, args, dataset):
+    if args.tta and dataset != "cifar10":
+        raise UsageError(f"{prog}: --tta averages each image with its mirror image, which is only right for "
+                         f"cifar10 (a mirrored {dataset} digit is not the same digit); drop --tta")
 
 
 # ---- dlx eval -------------------------------------------------------------------------------
@@ -195,6 +212,7 @@ def evaluate(args) -> int:
     import dlx
     from dlx.data import DataLoader
     from dlx.serialization import read
+    from dlx.training import flip_averaged_log_probs
 
     header, _ = read(args.checkpoint)
     meta = header.get("meta", {})
@@ -203,6 +221,7 @@ def evaluate(args) -> int:
         raise UsageError("dlx eval: give --dataset (cifar10 or mnist); the checkpoint does not say")
     dev = dlx.device(args.device)
     model = _model(meta.get("architecture", "lenet5"), dataset, dev)
+    _check_tta("dlx eval", args, dataset)
     dlx.load(args.checkpoint, model, restore_rng=False)
     test_set = _dataset(dataset, False, args.data_dir)
     loader = DataLoader(test_set, batch_size=args.batch_size, device=dev,
@@ -210,11 +229,13 @@ def evaluate(args) -> int:
     model.eval()
     preds, labels = [], []
     for x, y in loader:
-        preds.append(dlx.to_numpy(dlx.get_namespace(x).argmax(model(x), axis=1)))
+        out = flip_averaged_log_probs(model, x) if args.tta else model(x)
+        preds.append(dlx.to_numpy(dlx.get_namespace(x).argmax(out, axis=1)))
         labels.append(dlx.to_numpy(y))
     preds, labels = np.concatenate(preds), np.concatenate(labels)
     acc = float((preds == labels).mean())
-    print(f"{args.checkpoint}: test accuracy {acc:.4f} on {len(labels)} {dataset} images ({dev})")
+    how = ", each image averaged with its mirror image" if args.tta else ""
+    print(f"{args.checkpoint}: test accuracy {acc:.4f} on {len(labels)} {dataset} images ({dev}{how})")
     from dlx import plots
 
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "confusion.png")
@@ -277,6 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weight-decay", type=float, default=0.0)
     t.add_argument("--schedule", choices=("none", "cosine", "onecycle"), default="none")
     t.add_argument("--augment", action="store_true", help="random crop (pad 4) + horizontal flip")
+    t.add_argument("--label-smoothing", type=float, default=0.0, metavar="EPS",
+                   help="train against (1 - EPS) one-hot + EPS / classes (default 0)")
+    t.add_argument("--tta", action="store_true",
+                   help="after training, also report the test accuracy with each image averaged "
+                        "with its mirror image (cifar10)")
     t.add_argument("--data-dir", default=None, help="folder with mnist/ and cifar10/ "
                    "(default: DLX_DATA_DIR, else ~/.cache/dlx)")
     t.add_argument("--out", default="runs/lenet5", help="output folder (default runs/lenet5)")
@@ -290,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default=None)
     e.add_argument("--data-dir", default=None)
     e.add_argument("--batch-size", type=int, default=1000)
+    e.add_argument("--tta", action="store_true",
+                   help="average each image's prediction with its mirror image's (cifar10)")
     e.add_argument("--out", default=None, help="confusion-matrix PNG (default: beside CKPT)")
 
     d = sub.add_parser("digits", help="find and read handwritten digits in a picture")

@@ -136,14 +136,30 @@ def _correct(xp, out, y):
     return xp.sum(xp.astype(xp.argmax(out, axis=1) == y, xp.int64))
 
 
-def evaluate(model, loss_fn, loader, metrics=("accuracy",)) -> dict:
-    """Mean loss (and accuracy) of ``model`` over ``loader`` in eval mode."""
+def flip_averaged_log_probs(model, x):
+    """Test-time augmentation by mirroring: log of the mean of softmax(model(x)) and
+    softmax(model(x flipped left-right)), for images (N, C, H, W). Fed to CrossEntropyLoss
+    as logits, it gives -log of the averaged probability of the label."""
+    xp = get_namespace(x)
+
+    def softmax(z):
+        e = xp.exp(z - xp.max(z, axis=1, keepdims=True))
+        return e / xp.sum(e, axis=1, keepdims=True)
+
+    mean_p = (softmax(model(x)) + softmax(model(xp.flip(x, axis=-1)))) * 0.5
+    return xp.log(xp.maximum(mean_p, xp.finfo(mean_p.dtype).smallest_normal))
+
+
+def evaluate(model, loss_fn, loader, metrics=("accuracy",), flip_tta: bool = False) -> dict:
+    """Mean loss (and accuracy) of ``model`` over ``loader`` in eval mode. With ``flip_tta``
+    each image is scored by its averaged prediction with its mirror image (see
+    ``flip_averaged_log_probs``; only for data where a mirrored image keeps its label)."""
     was_training = model.training
     model.eval()
     total, correct, n = 0.0, 0, 0
     try:
         for x, y in loader:
-            out = model(x)
+            out = flip_averaged_log_probs(model, x) if flip_tta else model(x)
             xp = get_namespace(out)
             total += float(to_numpy(loss_fn(out, y))) * y.shape[0]
             if "accuracy" in metrics:

@@ -56,3 +56,33 @@ def test_info_command():
     out = subprocess.run([sys.executable, "-m", "dlx.cli", "info"], capture_output=True, text=True,
                          check=True).stdout
     assert "numpy" in out and "devices" in out and "cpu" in out and "numba" in out
+
+
+def test_train_with_label_smoothing_and_tta_on_cifar10(tmp_path, capsys):
+    from tests.test_data import cifar_py_files, make_cifar, write_tar
+
+    folder = tmp_path / "data" / "cifar10"
+    folder.mkdir(parents=True)
+    write_tar(folder / "cifar-10-python.tar.gz", cifar_py_files(*make_cifar(n_per_batch=8, n_test=12)))
+    out = tmp_path / "run"
+    rc = main(["train", "lenet5", "--dataset", "cifar10", "--data-dir", str(tmp_path / "data"),
+               "--epochs", "1", "--batch-size", "8", "--label-smoothing", "0.1", "--tta",
+               "--out", str(out), "--quiet"])
+    assert rc == 0
+    assert "with its mirror image (--tta)" in capsys.readouterr().out
+    hist = json.loads((out / "history.json").read_text())
+    assert 0 <= hist["test_accuracy_flip_tta"] <= 1
+    assert main(["eval", str(out / "model.npz"), "--data-dir", str(tmp_path / "data"), "--tta",
+                 "--out", str(tmp_path / "c.png")]) == 0
+    text = capsys.readouterr().out
+    acc = float(text.split("test accuracy ")[1].split()[0])
+    assert acc == pytest.approx(hist["test_accuracy_flip_tta"], abs=1e-4)
+
+
+@pytest.mark.parametrize("argv, pattern", [
+    (["train", "lenet5", "--dataset", "mnist", "--tta"], "only right for cifar10"),
+    (["train", "lenet5", "--label-smoothing", "1.5"], "--label-smoothing must be in [0, 1)"),
+])
+def test_tta_and_smoothing_errors(argv, pattern, capsys):
+    assert main(argv) == 2
+    assert pattern in capsys.readouterr().err

@@ -97,6 +97,40 @@ def test_bce_saturates_like_torch():
     assert np.all(np.isfinite(dlx.to_numpy(loss_fn.backward())))
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_cross_entropy_label_smoothing_gradcheck_and_reference(reduction, dev):
+    x, t = _data("CrossEntropyLoss", seed=2)
+    eps = 0.1
+    loss_fn = nn.CrossEntropyLoss(reduction=reduction, label_smoothing=eps)
+    xd, td = _put(x, t, dev, "float64")
+    logp = x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+    target = np.full((N, C), eps / C)
+    target[np.arange(N), t] += 1 - eps
+    per = -(target * logp).sum(axis=1)
+    xp_assert_close(loss_fn(xd, td), np.asarray(per.mean() if reduction == "mean" else per.sum()),
+                    rtol=1e-12, atol=1e-12)
+    assert gradcheck(loss_fn, xd, td)
+
+
+@pytest.mark.torch
+def test_cross_entropy_label_smoothing_matches_torch():
+    torch = pytest.importorskip("torch")
+    x, t = _data("CrossEntropyLoss", seed=3)
+    x32 = x.astype(np.float32)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.2)
+    value = loss_fn(*_put(x32, t, "cpu", "float32"))
+    tx = torch.from_numpy(x32).requires_grad_(True)
+    tv = torch.nn.CrossEntropyLoss(label_smoothing=0.2)(tx, torch.from_numpy(t))
+    tv.backward()
+    xp_assert_close(value, tv.detach().numpy(), rtol=1e-5, atol=1e-6)
+    xp_assert_close(loss_fn.backward(), tx.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_cross_entropy_label_smoothing_out_of_range():
+    with pytest.raises(ValueError, match="label_smoothing must be in"):
+        nn.CrossEntropyLoss(label_smoothing=1.5)
+
+
 def test_cross_entropy_is_stable_for_huge_logits():
     loss_fn = nn.CrossEntropyLoss()
     x = dlx.asarray(np.array([[1000.0, 0.0], [0.0, -1000.0]]))

@@ -14,6 +14,7 @@ import dlx
 from dlx import nn, optim
 from dlx.data import ArrayDataset, DataLoader
 from dlx.testing import xp_assert_close
+from dlx.training import flip_averaged_log_probs
 
 
 def tiny_cnn(device="cpu"):
@@ -210,3 +211,38 @@ def test_resume_in_new_process_is_bit_identical(tmp_path):
     assert full[1].keys() == part[1].keys()
     for k in full[1]:
         np.testing.assert_array_equal(full[1][k], part[1][k], err_msg=k)
+
+
+# ---- test-time augmentation -------------------------------------------------------------------
+def test_flip_tta_is_the_mean_of_the_two_softmaxes(dev):
+    m = tiny_cnn(dev)
+    m.eval()
+    x = np.random.default_rng(1).standard_normal((5, 1, 8, 8)).astype(np.float32)
+
+    def softmax(z):
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    plain = dlx.to_numpy(m(dlx.asarray(x, device=dev)))
+    mirrored = dlx.to_numpy(m(dlx.asarray(np.ascontiguousarray(x[..., ::-1]), device=dev)))
+    assert not np.allclose(plain, mirrored)  # the model is not mirror-symmetric
+    expected = np.log((softmax(plain) + softmax(mirrored)) / 2)
+    got = flip_averaged_log_probs(m, dlx.asarray(x, device=dev))
+    xp_assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_evaluate_with_flip_tta():
+    m = tiny_cnn()
+    dlx.fit(m, nn.CrossEntropyLoss(), optim.Adam(m.parameters(), lr=0.01), loader(), epochs=2,
+            progress=False)
+    data = DataLoader(tiny_data(64, seed=5), batch_size=16)
+    logs = dlx.evaluate(m, nn.CrossEntropyLoss(), data, flip_tta=True)
+    m.eval()
+    nll, right = [], []
+    for x, y in data:
+        logp = dlx.to_numpy(flip_averaged_log_probs(m, x))
+        nll.append(-logp[np.arange(len(y)), dlx.to_numpy(y)])
+        right.append(logp.argmax(axis=1) == dlx.to_numpy(y))
+    assert np.isclose(logs["loss"], np.concatenate(nll).mean(), rtol=1e-5)
+    assert logs["accuracy"] == np.concatenate(right).mean()
+    assert logs != dlx.evaluate(m, nn.CrossEntropyLoss(), data)  # mirroring changed the scores

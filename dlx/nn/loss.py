@@ -122,18 +122,36 @@ class _ClassLoss(_Loss):
 
 
 class CrossEntropyLoss(_ClassLoss):
-    """-log softmax(logits)[label]: logits (N, C), int labels (N,). Gradient softmax - one_hot."""
+    """-log softmax(logits)[label]: logits (N, C), int labels (N,). Gradient softmax - target.
+
+    ``label_smoothing`` ε (PyTorch's name and meaning) trains against the target
+    distribution (1 - ε) one_hot + ε / C instead of the one-hot vector.
+    """
+
+    def __init__(self, reduction: str = "mean", label_smoothing: float = 0.0):
+        super().__init__(reduction)
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"CrossEntropyLoss: label_smoothing must be in [0, 1], "
+                             f"got {label_smoothing!r}")
+        self.label_smoothing = float(label_smoothing)
 
     def forward(self, input, target):
-        one_hot = self._one_hot(input, target)
+        target_p = self._one_hot(input, target)
+        if self.label_smoothing:
+            eps = self.label_smoothing
+            target_p = target_p * (1.0 - eps) + eps / input.shape[1]
         xp = get_namespace(input)
         shifted = input - xp.max(input, axis=1, keepdims=True)
         exp = xp.exp(shifted)
         sum_exp = xp.sum(exp, axis=1, keepdims=True)
         log_p = shifted - xp.log(sum_exp)
         n = input.shape[0]
-        self._cache = (exp / sum_exp - one_hot) * self._scale(n)
-        return self._reduce(xp, -(one_hot * log_p), n)
+        self._cache = (exp / sum_exp - target_p) * self._scale(n)
+        return self._reduce(xp, -(target_p * log_p), n)
+
+    def extra_repr(self):
+        smooth = f", label_smoothing={self.label_smoothing}" if self.label_smoothing else ""
+        return super().extra_repr() + smooth
 
 
 class NLLLoss(_ClassLoss):
