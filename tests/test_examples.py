@@ -52,3 +52,38 @@ def test_demos_reach_their_figures(tmp_path, capsys):
     assert abs(res["regression"]["logistic"]["slope"] - 4) < 1.0
     assert res["sine"]["max_abs_error"] < 0.05
     assert {p.name for p in out.glob("*.png")} == {f"{d}.png" for d in res}
+
+
+def test_gan_score_breakdown_example(mnist_dir, tmp_path, capsys):
+    import numpy as np
+    import pytest
+
+    import dlx
+    from dlx.gan import DCGANGenerator
+    from dlx.models import LeNet5
+
+    mod = _load("gan_score_breakdown")
+    certain = mod.breakdown(np.tile(np.eye(10), (3, 1)))  # every class, each read with certainty
+    assert certain["inception_score"] == pytest.approx(10.0)
+    assert certain["mean_prediction_entropy"] == pytest.approx(0.0, abs=1e-12)
+    assert certain["fraction_confidence_below_0.9"] == 0.0
+    unsure = mod.breakdown(np.full((4, 10), 0.1))  # nothing can be read
+    assert unsure["inception_score"] == pytest.approx(1.0)
+    assert unsure["fraction_confidence_below_0.9"] == 1.0
+    one_class = mod.breakdown(np.tile(np.eye(10)[3], (5, 1)))
+    assert one_class["inception_score"] == pytest.approx(1.0) and one_class["class_frequencies"][3] == 1
+
+    gen, clf = tmp_path / "g.npz", tmp_path / "c.npz"
+    dlx.save(gen, DCGANGenerator(channels=4), architecture="dcgan", latent_dim=100,
+             args={"channels": 4})
+    dlx.save(clf, LeNet5(in_channels=1, padding=2), dataset="mnist")
+    out = tmp_path / "b.json"
+    assert mod.main([str(gen), "--classifier", str(clf), "--data-dir", str(mnist_dir),
+                     "--num", "32", "--json", str(out)]) == 0
+    assert "real test digits" in capsys.readouterr().out
+    figures = json.loads(out.read_text())
+    for name in ("real test digits", "generator"):
+        r = figures[name]
+        assert r["inception_score"] == pytest.approx(
+            np.exp(r["class_entropy"] - r["mean_prediction_entropy"]))
+        assert sum(r["class_frequencies"]) == pytest.approx(1.0, abs=1e-3)
