@@ -308,6 +308,9 @@ def add_gan_parser(subparsers):
     g.add_argument("--ema", type=_unit_interval, default=0.0, metavar="DECAY",
                    help="also keep an exponential moving average of the generator's weights "
                    "(e.g. 0.999); it is the one sampled, scored and saved (generator_ema.npz)")
+    g.add_argument("--schedule", choices=("none", "cosine"), default="none",
+                   help="cosine: both learning rates fall along a cosine to 0 over the epochs, "
+                   "stepped after each epoch (default none: constant)")
     g.add_argument("--data-dir", default=None, help="folder with mnist/ "
                    "(default: DLX_DATA_DIR, else ~/.cache/dlx)")
     g.add_argument("--out", default="runs/gan", help="output folder (default runs/gan)")
@@ -353,7 +356,8 @@ def gan_command(args) -> int:
     """``dlx gan``: train, and after every epoch write ``samples_epochNNN.png`` (64 samples
     from fixed noise), ``scores.json`` (losses, and IS / Fréchet distance of classifier logits
     with ``--classifier``), ``generator.npz`` and ``discriminator.npz`` (``dlx.save``, each
-    with its Adam state; load with ``dlx.load(path, DCGANGenerator())``). With ``--ema``,
+    with its Adam state; load with ``dlx.load(path, DCGANGenerator())``). ``--schedule
+    cosine`` anneals both learning rates to 0 over the run. With ``--ema``,
     the weight-averaged generator is sampled and scored (the trained one's scores get a
     ``_live`` suffix) and saved as ``generator_ema.npz``."""
     import dlx
@@ -387,6 +391,10 @@ def gan_command(args) -> int:
                         seed=args.seed, device=dev, transform=Normalize((0.5,), (0.5,)))
     g_opt = optim.Adam(generator.parameters(), lr=args.lr, betas=(0.5, 0.999))
     d_opt = optim.Adam(discriminator.parameters(), lr=args.lr, betas=(0.5, 0.999))
+    schedulers = []
+    if args.schedule == "cosine":
+        schedulers = [optim.lr_scheduler.CosineAnnealingLR(o, T_max=args.epochs)
+                      for o in (g_opt, d_opt)]
 
     # Evaluation noise has its own streams, so scoring never changes the training run.
     fixed_z = dev.backend.generator(dev.index, [args.seed, 3]).normal((64, args.latent_dim))
@@ -413,6 +421,9 @@ def gan_command(args) -> int:
     shown = ema if ema is not None else generator
 
     def after_epoch(epoch, logs):
+        logs["lr"] = float(g_opt.param_groups[0]["lr"])  # the rate this epoch trained with
+        for sched in schedulers:
+            sched.step()
         if have_plots:
             plots.save_grid(sample(shown, fixed_z),
                             os.path.join(args.out, f"samples_epoch{epoch:03d}.png"),

@@ -379,6 +379,7 @@ def test_gan_command_ema_and_channels(mnist_dir, tmp_path):
     row = json.loads((out / "scores.json").read_text())["epochs"][0]
     assert {"inception_score", "frechet_distance", "inception_score_live",
             "frechet_distance_live"} <= set(row)
+    assert row["lr"] == 2e-4  # constant without --schedule
     trained, averaged = DCGANGenerator(channels=8), DCGANGenerator(channels=8)
     dlx.load(out / "generator.npz", trained, restore_rng=False)
     meta = dlx.load(out / "generator_ema.npz", averaged, restore_rng=False)
@@ -391,3 +392,23 @@ def test_gan_command_ema_and_channels(mnist_dir, tmp_path):
     with pytest.raises(ValueError, match="--channels"):
         gan_command(_parse(["--model", "mlp", "--channels", "8", "--data-dir", str(mnist_dir),
                             "--out", str(out)]))
+
+
+def test_gan_command_cosine_schedule(mnist_dir, tmp_path):
+    import math
+
+    out = tmp_path / "cos"
+    args = _parse(["--epochs", "4", "--batch-size", "16", "--limit", "32", "--channels", "4",
+                   "--lr", "0.001", "--schedule", "cosine", "--data-dir", str(mnist_dir),
+                   "--out", str(out), "--quiet"])
+    assert gan_command(args) == 0
+    lrs = [row["lr"] for row in json.loads((out / "scores.json").read_text())["epochs"]]
+    expected = [0.001 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)]
+    np.testing.assert_allclose(lrs, expected, rtol=1e-12)
+    g, d = DCGANGenerator(channels=4), DCGANDiscriminator(channels=4)
+    from dlx import optim
+
+    for path, model in (("generator.npz", g), ("discriminator.npz", d)):
+        opt = optim.Adam(model.parameters(), lr=1.0)
+        dlx.load(out / path, model, opt, restore_rng=False)
+        assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-18)  # the end of the cosine
