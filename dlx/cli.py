@@ -186,7 +186,9 @@ def train(args) -> int:
 
     if plots.have_matplotlib() and len(hist):
         plots.plot_curves(hist.to_dict(), os.path.join(args.out, "curves.png"),
-                          title=f"{args.model} on {args.dataset} ({dev})")
+                          title=f"{args.model} on {args.dataset} ({dev})" + (
+                              f"; loss with label smoothing {args.label_smoothing}"
+                              if args.label_smoothing else ""))
     elif len(hist):
         print("curves.png skipped: matplotlib is not installed (pip install \"dlx[plots]\")")
     if len(hist):
@@ -242,7 +244,8 @@ def evaluate(args) -> int:
     if plots.have_matplotlib():
         counts = plots.confusion_matrix(labels, preds, len(test_set.classes))
         plots.plot_confusion(counts, test_set.classes, out,
-                             title=f"{dataset} test set, accuracy {acc:.2%}")
+                             title=f"{dataset} test set, accuracy {acc:.2%}"
+                             + (" (each image averaged with its mirror)" if args.tta else ""))
         print(f"wrote {out}")
     else:
         print("confusion matrix skipped: matplotlib is not installed (pip install \"dlx[plots]\")")
