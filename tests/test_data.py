@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dlx.backends.host_random import NumpyGenerator
 
 import dlx
 from dlx.data import (
@@ -387,6 +388,43 @@ def test_loader_shuffle_sees_every_sample_once_and_reproduces_with_seed(dev):
     for x, y in loader:
         idx = dlx.to_numpy(y)
         np.testing.assert_array_equal(dlx.to_numpy(x) * 255, ds.data[idx, None].astype(np.float32))
+
+
+def _orders(loader, k):
+    return [np.concatenate([dlx.to_numpy(y) for _, y in loader]).tolist() for _ in range(k)]
+
+
+@pytest.mark.parametrize("resident", [True, False])
+def test_loader_order_is_the_same_on_every_device(dev, resident):
+    """With a seed, a GPU run sees its data in the CPU run's order (same curves up to
+    rounding), whatever stream the device draws its own random numbers from."""
+    ds = _labelled(23)
+    kw = dict(batch_size=5, shuffle=True, seed=7, resident=resident)
+    assert _orders(DataLoader(ds, device=dev, **kw), 3) == _orders(DataLoader(ds, device="cpu", **kw), 3)
+
+
+class _OtherStream:
+    """A device stream that is not NumPy's PCG64 (as CUDA's Philox is not)."""
+
+    def __init__(self, seed):
+        self._gen = NumpyGenerator([*seed, 99])
+
+    def __getattr__(self, name):
+        return getattr(self._gen, name)
+
+
+def test_loader_order_is_drawn_on_the_host_for_another_stream(monkeypatch):
+    ds = _labelled(23)
+    aug = Compose([RandomCrop(8, padding=2), RandomHorizontalFlip()])
+    kw = dict(batch_size=5, shuffle=True, seed=7, device="cpu")
+    expected = _orders(DataLoader(ds, **kw), 3)
+    plain_images = [dlx.to_numpy(x) for x, _ in DataLoader(ds, transform=aug, **kw)]
+    backend = dlx.device("cpu").backend
+    monkeypatch.setattr(type(backend), "generator", lambda self, index, seed: _OtherStream(seed))
+    assert _orders(DataLoader(ds, **kw), 3) == expected
+    # the transforms' random choices still come from the device's own stream
+    other_images = [dlx.to_numpy(x) for x, _ in DataLoader(ds, transform=aug, **kw)]
+    assert any(not np.array_equal(a, b) for a, b in zip(plain_images, other_images))
 
 
 def test_loader_without_seed_follows_manual_seed(dev):

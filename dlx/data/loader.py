@@ -12,6 +12,8 @@ import math
 
 import numpy as np
 
+from dlx.backends.host_random import NumpyGenerator
+
 from .transforms import Compose, apply_all
 
 __all__ = ["DataLoader"]
@@ -67,7 +69,10 @@ class DataLoader:
     - ``shuffle``: a new order every epoch (every ``iter()``); ``seed`` makes the order and
       the transforms' random choices reproducible: epoch ``e`` uses a generator seeded
       from ``(seed, e)`` alone, so ``set_epoch`` / ``load_state_dict`` resume exactly. With
-      ``seed=None`` the device's dlx generator is used (``dlx.manual_seed`` and
+      a seed, the order is the same on every device (drawn on the host when the device's
+      own stream is another algorithm, as on CUDA), so a run on the GPU sees its data in
+      the CPU run's order; the transforms' random choices come from the device's stream.
+      With ``seed=None`` the device's dlx generator is used (``dlx.manual_seed`` and
       ``dlx.get_rng_state`` cover it).
     - ``transform``: a batch transform (see ``dlx.data.transforms``) run on the device.
     - ``resident``: keep the whole uint8 set on the device (True), or copy each batch
@@ -146,12 +151,21 @@ class DataLoader:
     def __iter__(self):
         epoch = self.epoch
         self.epoch += 1
-        return self._batches(self._generator(epoch))
+        return self._batches(self._generator(epoch), epoch)
 
-    def _batches(self, gen):
+    def _order(self, gen, epoch: int):
+        """The epoch's permutation, on the device. The CPU and strict devices draw it from
+        their host stream ``gen``; another device's stream (CUDA's Philox) would give
+        another order, so there the same numbers are drawn from a host stream with the
+        same seed (one small copy per epoch)."""
+        if self.seed is None or isinstance(gen, NumpyGenerator):
+            return gen.permutation(self.num_samples)
+        return self._put(NumpyGenerator([self.seed, 2, epoch]).permutation(self.num_samples))
+
+    def _batches(self, gen, epoch: int):
         xp = self.device.xp
         n, bs = self.num_samples, self.batch_size
-        order = gen.permutation(n) if self.shuffle else None
+        order = self._order(gen, epoch) if self.shuffle else None
         host_order = None
         if order is not None and not self.resident:
             from dlx._device import to_numpy
