@@ -82,6 +82,11 @@ wait_for_data
 if [ -f "$DATA/cifar10/cifar-10-python.tar.gz" ]; then
     stage 06_cifar10_lenet_cuda 120 "$PY" -m dlx.cli train lenet5 --dataset cifar10 --device cuda \
         --data-dir "$DATA" --epochs 10 --quiet --out "$LOGS/lenet5_cifar10_cuda"
+    # its curve next to the CPU runs of the same job (rounding drift: results/2026-11-22-drift-cifar10)
+    drift=benchmarks/results/2026-11-22-drift-cifar10
+    stage 06b_cifar10_drift 30 "$PY" benchmarks/float32_drift.py compare "$drift/cpu.json" \
+        "$LOGS/lenet5_cifar10_cuda/history.json" "$drift"/cpu_nudged_seed*.json \
+        --json "$LOGS/cifar10_drift.json"
 fi
 if [ -f "$DATA/mnist/train-images-idx3-ubyte.gz" ]; then
     stage 07_gan_cuda 100 "$PY" -m dlx.cli gan --dataset mnist --device cuda --epochs 2 \
