@@ -424,7 +424,7 @@ def annotate(image, results, path) -> str:
     try:
         from matplotlib.patches import Rectangle
 
-        from dlx.plots import _pyplot
+        from dlx.plots import _pyplot, save_figure
 
         plt = _pyplot()
     except ImportError:
@@ -449,9 +449,7 @@ def annotate(image, results, path) -> str:
                 bbox={"boxstyle": "square,pad=0.1", "fc": color, "ec": "none", "alpha": 0.85})
     ax.set_xlim(-0.5, W - 0.5)
     ax.set_ylim(H - 0.5, -0.5 - band)
-    fig.savefig(path, dpi=dpi, facecolor="white")
-    plt.close(fig)
-    return str(path)
+    return save_figure(fig, path, dpi=dpi, tight=False, facecolor="white")
 
 
 def save_image(image, path) -> str:

@@ -26,6 +26,16 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig, path, dpi: int = 110, tight: bool = True, **savefig_kw) -> str:
+    """Write ``fig`` to ``path`` (laid out with ``tight_layout`` unless ``tight=False``),
+    close it so a long run does not pile up open figures, and return the path."""
+    if tight:
+        fig.tight_layout()
+    fig.savefig(path, dpi=dpi, **savefig_kw)
+    _pyplot().close(fig)
+    return str(path)
+
+
 def plot_curves(history: dict, path, title: str = "") -> str:
     """Loss (left) and accuracy (right) per epoch, train and validation, to ``path``."""
     plt = _pyplot()
@@ -42,10 +52,7 @@ def plot_curves(history: dict, path, title: str = "") -> str:
         ax.legend()
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return save_figure(fig, path)
 
 
 def confusion_matrix(labels, predictions, num_classes: int) -> np.ndarray:
@@ -73,10 +80,7 @@ def plot_confusion(counts: np.ndarray, classes, path, title: str = "") -> str:
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return save_figure(fig, path)
 
 
 def save_grid(images, path, title: str = "", caption: str = "", ncols: int = 8) -> str:
@@ -97,7 +101,4 @@ def save_grid(images, path, title: str = "", caption: str = "", ncols: int = 8) 
         ax.set_title(title, fontsize=14)
     if caption:
         ax.set_xlabel(caption)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return str(path)
+    return save_figure(fig, path, dpi=100)

@@ -349,13 +349,11 @@ def _image(ax, img, interpolation="nearest"):
 
 
 def _save(fig, path, title, dpi=100):
+    from dlx.plots import save_figure
+
     if title:
         fig.suptitle(title, fontsize=13)
-    fig.savefig(path, dpi=dpi)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return str(path)
+    return save_figure(fig, path, dpi=dpi, tight=False)
 
 
 def plot_filters(filters, path, title: str = "") -> str:

@@ -218,8 +218,7 @@ def main(argv=None) -> int:
     for name in args.only:
         dlx.manual_seed(0)
         fig, res = DEMOS[name](plt, dev, args.epochs)
-        fig.savefig(os.path.join(args.out, f"{name}.png"), dpi=100)
-        plt.close(fig)
+        plots.save_figure(fig, os.path.join(args.out, f"{name}.png"), dpi=100, tight=False)
         results[name] = res
         print(f"{name:10s} {json.dumps(res)}")
     with open(os.path.join(args.out, "demos.json"), "w") as f:

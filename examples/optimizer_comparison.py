@@ -101,9 +101,7 @@ def main(argv=None) -> int:
         ax.set_title(f"LeNet-5 on MNIST ({n} images, {args.epochs} epochs): one start, five optimizers")
         ax.grid(alpha=0.3, which="both")
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(os.path.join(args.out, "optimizers.png"), dpi=110)
-        plt.close(fig)
+        plots.save_figure(fig, os.path.join(args.out, "optimizers.png"))
     return 0
 
 
