@@ -29,7 +29,18 @@ __all__ = [
 ]
 
 
-class ArrayDataset:
+class _Labelled:
+    """Indexing shared by the data sets: ``data`` (N, ...) and int ``targets`` (N,) in memory;
+    ``ds[i]`` is ``(image, label)``."""
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        return self.data[i], int(self.targets[i])
+
+
+class ArrayDataset(_Labelled):
     """In-memory data set from host arrays: ``data`` (N, ...) and integer ``targets`` (N,)."""
 
     def __init__(self, data, targets, classes=None):
@@ -41,12 +52,6 @@ class ArrayDataset:
                 f"{self.data.shape}, got {self.targets.shape}"
             )
         self.classes = list(classes) if classes is not None else None
-
-    def __len__(self):
-        return len(self.data)
-
-    def __getitem__(self, i):
-        return self.data[i], int(self.targets[i])
 
 
 def _root(root) -> Path:
@@ -100,7 +105,7 @@ def read_idx(path) -> np.ndarray:
     return arr.astype(dtype.newbyteorder("="), copy=True)
 
 
-class MNIST:
+class MNIST(_Labelled):
     """MNIST digits: 60,000 training and 10,000 test images, 28x28 grey, uint8.
 
     Reads ``<root>/mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz`` (or the same
@@ -167,12 +172,6 @@ class MNIST:
             if all(paths):
                 return paths
         return None
-
-    def __len__(self):
-        return len(self.data)
-
-    def __getitem__(self, i):
-        return self.data[i], int(self.targets[i])
 
     def __repr__(self):
         split = "train" if self.train else "test"
@@ -261,7 +260,7 @@ def restricted_loads(data: bytes, source: str = "pickle"):
 # ------------------------------------------------------------------------ CIFAR-10
 
 
-class CIFAR10:
+class CIFAR10(_Labelled):
     """CIFAR-10: 50,000 training and 10,000 test colour images, 32x32, 10 classes.
 
     Reads, from ``<root>/cifar10/``, the first of: the extracted Python version
@@ -418,12 +417,6 @@ class CIFAR10:
         parts = [self._parse_bin(files[f"{b}.bin"], f"{path}:{b}.bin") for b in self._batches()]
         meta = files.get("batches.meta.txt")
         return self._join(parts, self._bin_classes(meta) if meta else None)
-
-    def __len__(self):
-        return len(self.data)
-
-    def __getitem__(self, i):
-        return self.data[i], int(self.targets[i])
 
     def __repr__(self):
         split = "train" if self.train else "test"
