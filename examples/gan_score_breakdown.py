@@ -29,7 +29,8 @@ def breakdown(probs: np.ndarray) -> dict:
     mean = probs.mean(axis=0)
     h_mean = float(-(mean * np.log(np.maximum(mean, 1e-30))).sum())
     h_cond = float(-(probs * np.log(np.maximum(probs, 1e-30))).sum(axis=1).mean())
-    return {"inception_score": float(np.exp(h_mean - h_cond)), "class_entropy": h_mean,
+    # the score itself from dlx.metrics; it equals exp(class_entropy - mean_prediction_entropy)
+    return {"inception_score": metrics.inception_score(probs), "class_entropy": h_mean,
             "mean_prediction_entropy": h_cond,
             "fraction_confidence_below_0.9": float((probs.max(axis=1) < 0.9).mean()),
             "class_frequencies": np.round(np.bincount(probs.argmax(axis=1), minlength=probs.shape[1])
