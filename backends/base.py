@@ -9,6 +9,8 @@ on the same device.
 
 from __future__ import annotations
 
+import abc
+
 
 class DeviceError(RuntimeError):
     """A device was asked for that this machine cannot provide (names the cause and the fix)."""
@@ -28,37 +30,79 @@ def pool2d_output_size(h, w, kernel, stride, padding):
     return oh, ow
 
 
-class Backend:
-    """Interface of a backend. Subclasses set ``name`` and ``xp`` and implement the kernels.
+class Backend(abc.ABC):
+    """What every device must provide; subclasses set ``name`` and ``xp`` and implement
+    each abstract method (the ABC refuses to build a backend that misses one).
 
-    Arrays and random numbers
-      array_device(index)            the ``device=`` object the namespace's creation functions take
-      owns(x, index) -> bool         is ``x`` an array of this backend on device ``index``
-      asarray(data, index, dtype)    host data (NumPy or Python) -> array on the device
-      to_numpy(x)                    device array -> NumPy array (a copy where it must be)
-      generator(index, seed)         a ``Generator`` (see below) making arrays on the device
-      synchronize(index)             wait for queued work (no-op on CPU)
-
-    Kernels (the seam the layers call; see the module docstring for the letters)
-      conv2d(x, w, b, stride, padding, dilation) -> y
-                                     x (N,C,H,W), w (OC,C,KH,KW), b (OC,) or None
-      conv2d_backward_data(dy, w, x_shape, stride, padding, dilation) -> dx
-      conv2d_backward_weight(x, dy, w_shape, stride, padding, dilation) -> dw
-      max_pool2d(x, kernel, stride, padding) -> (y, argmax)        argmax: int32 (N,C,OH,OW),
-                                                                   flat index h*W + w of the maximum in the
-                                                                   unpadded input plane; first maximum wins
-      max_pool2d_backward(dy, argmax, x_shape, kernel, stride, padding) -> dx
-      avg_pool2d(x, kernel, stride, padding, count_include_pad) -> y
-      avg_pool2d_backward(dy, x_shape, kernel, stride, padding, count_include_pad) -> dx
-
-    Optional fused updates (None where a backend has none; the optimizer then runs its xp code)
-      adam_step(p, g, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_decay, decoupled, step)
-                                     one Adam/AdamW update in place, bit-for-bit the xp code's
+    The layers reach a device only through these methods (``Device.backend``), so adding a
+    device means writing one subclass. Shapes use the letters of the module docstring.
     """
 
     name = "base"
     xp = None
+    #: True when ``generator(index, seed)`` draws exactly the numbers of the host's NumPy
+    #: PCG64 stream with that seed (cpu, strict); the loader then draws the shuffle order on
+    #: the device, else on the host, so every device sees the data in one order.
+    host_generator = True
+    #: a data set larger than this stays on the host and is copied per batch (None: any size)
+    max_resident_bytes: int | None = None
+    #: optional fused update (None where a backend has none; the optimizer then runs its xp
+    #: code): adam_step(p, g, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_decay,
+    #: decoupled, step), one Adam/AdamW update in place, bit-for-bit the xp code's
     adam_step = None
+
+    # ---- what ``dlx info`` shows -------------------------------------------------------------
+    @classmethod
+    @abc.abstractmethod
+    def info(cls) -> dict:
+        """Versions and hardware of this device type; never raises (an unusable device says
+        why in ``{"available": False, "error": ...}``)."""
+
+    # ---- arrays and random numbers ------------------------------------------------------------
+    @abc.abstractmethod
+    def array_device(self, index):
+        """The ``device=`` object the namespace's creation functions take."""
+
+    @abc.abstractmethod
+    def owns(self, x, index=None) -> bool:
+        """True when ``x`` is an array of this backend (on device ``index`` if given)."""
+
+    @abc.abstractmethod
+    def asarray(self, data, index=None, dtype=None):
+        """Host data (NumPy or Python) -> array on the device."""
+
+    @abc.abstractmethod
+    def to_numpy(self, x):
+        """Device array -> NumPy array (a copy where it must be)."""
+
+    @abc.abstractmethod
+    def generator(self, index, seed):
+        """A ``Generator`` (see below) making arrays on device ``index``."""
+
+    @abc.abstractmethod
+    def synchronize(self, index=None) -> None:
+        """Wait for the work queued on the device (nothing to do on a CPU)."""
+
+    def keeps_resident(self, nbytes: int) -> bool:
+        """Whether a data set of ``nbytes`` is copied to the device once, whole."""
+        return self.max_resident_bytes is None or nbytes <= self.max_resident_bytes
+
+    # ---- kernels (the seam the layers call) -----------------------------------------------------
+    @abc.abstractmethod
+    def conv2d(self, x, w, b, stride, padding, dilation):
+        """y (N,OC,OH,OW) from x (N,C,H,W), w (OC,C,KH,KW), b (OC,) or None."""
+
+    @abc.abstractmethod
+    def conv2d_backward_data(self, dy, w, x_shape, stride, padding, dilation):
+        """dx of shape ``x_shape`` from dy (N,OC,OH,OW)."""
+
+    @abc.abstractmethod
+    def conv2d_backward_weight(self, x, dy, w_shape, stride, padding, dilation):
+        """dw of shape ``w_shape``."""
+
+    def conv2d_backward_bias(self, dy):
+        """db (OC,): dy summed over N, OH and OW."""
+        return self.xp.sum(dy, axis=(0, 2, 3))
 
     def conv2d_backward(self, x, w, dy, stride, padding, dilation, need_dx=True, need_db=True):
         """(dx, dw, db) of a convolution; dx is None when ``need_dx`` is False, db when ``need_db`` is."""
@@ -66,8 +110,25 @@ class Backend:
         if need_dx:
             dx = self.conv2d_backward_data(dy, w, tuple(x.shape), stride, padding, dilation)
         dw = self.conv2d_backward_weight(x, dy, tuple(w.shape), stride, padding, dilation)
-        db = self.xp.sum(dy, axis=(0, 2, 3)) if need_db else None
+        db = self.conv2d_backward_bias(dy) if need_db else None
         return dx, dw, db
+
+    @abc.abstractmethod
+    def max_pool2d(self, x, kernel, stride, padding):
+        """(y, argmax); argmax int32 (N,C,OH,OW) holds the flat index h*W + w of the maximum in
+        the unpadded input plane; the first maximum wins."""
+
+    @abc.abstractmethod
+    def max_pool2d_backward(self, dy, argmax, x_shape, kernel, stride, padding):
+        """dx: each dy added at its window's argmax."""
+
+    @abc.abstractmethod
+    def avg_pool2d(self, x, kernel, stride, padding, count_include_pad=True):
+        """y: the mean over each window."""
+
+    @abc.abstractmethod
+    def avg_pool2d_backward(self, dy, x_shape, kernel, stride, padding, count_include_pad=True):
+        """dx: each dy spread evenly over its window."""
 
 
 class Generator:

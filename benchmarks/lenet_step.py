@@ -1,6 +1,7 @@
 """One LeNet-5 training step (batch 128, 3x32x32, Adam): dlx vs PyTorch on one device.
 
     python benchmarks/lenet_step.py [--device cpu|cuda] [--steps 40] [--rounds 3] [--json X.json]
+                                    [--baseline-python OTHER_VENV/bin/python]
 
 On ``--device cuda`` both frameworks run on the GPU with the batch already there; memory
 is then the GPU memory each framework's allocator holds (CuPy's pool total, PyTorch's
@@ -16,6 +17,12 @@ for dlx the first step in a fresh process with a cold and then a warm Numba cach
 
 The machine is shared (a VM), so dlx and PyTorch run in alternating rounds and each
 framework's figure is the median over rounds of its per-round median step.
+
+``--baseline-python`` adds a third contender in the same rounds: the same dlx worker run by
+another interpreter, one whose environment has another dlx commit installed (e.g.
+``git worktree add /tmp/base HEAD~1 && python -m venv /tmp/base/.venv && /tmp/base/.venv/bin/pip
+install -e /tmp/base``), and reports this dlx's speed over that one's: a before/after ratio
+measured in one run.
 """
 
 from __future__ import annotations
@@ -167,8 +174,9 @@ def _median_round(results: list) -> dict:
     return out
 
 
-def _run(kind: str, steps: int, env=None, device: str = "cpu") -> dict:
-    cmd = [sys.executable, __file__, "--worker", kind, "--steps", str(steps), "--device", device]
+def _run(kind: str, steps: int, env=None, device: str = "cpu", python: str | None = None) -> dict:
+    cmd = [python or sys.executable, __file__, "--worker", kind, "--steps", str(steps),
+           "--device", device]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
@@ -181,6 +189,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--rounds", type=int, default=3, help="alternating dlx/torch runs")
     ap.add_argument("--json", help="also write the results to this JSON file")
+    ap.add_argument("--baseline-python", metavar="PYTHON",
+                    help="also time the dlx installed for this interpreter (another commit)")
     ap.add_argument("--worker", choices=["dlx", "torch"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -195,9 +205,13 @@ def main() -> int:
             cold = _run("dlx", 1, env)
             warm = _run("dlx", 1, env)
     rounds = {"dlx": [], "torch": []}
+    if args.baseline_python:
+        rounds["dlx_baseline"] = []
     for _ in range(args.rounds):
         for kind in rounds:
-            rounds[kind].append(_run(kind, args.steps, device=args.device))
+            python = args.baseline_python if kind == "dlx_baseline" else None
+            rounds[kind].append(_run(kind.split("_")[0], args.steps, device=args.device,
+                                     python=python))
     dlx_res, torch_res = (_median_round(rounds[k]) for k in ("dlx", "torch"))
     result = {
         "device": args.device,
@@ -228,6 +242,17 @@ def main() -> int:
     if "throughput_ratio_dlx_over_torch" in result:
         print(f"  ratio dlx/torch: throughput {result['throughput_ratio_dlx_over_torch']:.2f}x, "
               f"peak memory {result['peak_memory_ratio_dlx_over_torch']:.2f}x")
+    if args.baseline_python:
+        base = result["dlx_baseline"] = _median_round(rounds["dlx_baseline"])
+        result["baseline_python"] = args.baseline_python
+        if "images_per_s" in base and "images_per_s" in dlx_res:
+            result["throughput_ratio_dlx_over_baseline"] = dlx_res["images_per_s"] / base["images_per_s"]
+            print(f"  baseline dlx ({args.baseline_python}): {base['images_per_s']:8.0f} images/s  "
+                  f"step {base['step_ms_median']:6.1f} ms (round medians "
+                  f"{base.get('rounds_step_ms_median')}); this dlx over it: "
+                  f"{result['throughput_ratio_dlx_over_baseline']:.3f}x")
+        else:
+            print(f"  baseline dlx not run: {base.get('error')}")
     if "epoch_s_dlx" in result:
         print(f"  CIFAR-10 epoch (391 steps): dlx {result['epoch_s_dlx']:.2f} s, "
               f"torch {result['epoch_s_torch']:.2f} s")

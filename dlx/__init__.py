@@ -18,6 +18,7 @@ from dlx._device import (
     set_default_device,
     to_numpy,
 )
+from dlx._grad_mode import is_grad_enabled, no_grad
 from dlx._random import get_rng_state, initial_seed, manual_seed, set_rng_state
 
 __version__ = "0.1.0"
@@ -56,8 +57,10 @@ __all__ = [
     "get_rng_state",
     "init",
     "initial_seed",
+    "is_grad_enabled",
     "manual_seed",
     "nn",
+    "no_grad",
     "optim",
     "set_default_device",
     "set_rng_state",

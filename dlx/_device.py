@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import threading
 
+from dlx.backends import info as _backend_info
 from dlx.backends import load as _load_backend
 from dlx.backends.base import DeviceError  # noqa: F401  (re-exported as dlx.DeviceError)
+from dlx.dtypes import dtype_name
 
 
 class Device:
@@ -60,9 +62,12 @@ class Device:
 
     def dtype(self, name):
         """The namespace's dtype for 'float32', 'float64', np.float32, ... ."""
-        from dlx.backends.host_random import dtype_name
-
         return getattr(self.xp, dtype_name(name))
+
+    def generator(self, seed):
+        """A new random stream on this device seeded with ``seed`` (an int or a list of
+        ints); its methods (uniform, normal, permutation, integers) return device arrays."""
+        return self.backend.generator(self.index, seed)
 
     def synchronize(self) -> None:
         """Wait until all work queued on the device has finished."""
@@ -84,9 +89,23 @@ class Device:
 
 
 def _same_dtype(a, b) -> bool:
-    from dlx.backends.host_random import dtype_name
-
     return dtype_name(a) == dtype_name(b)
+
+
+def host_generator(seed):
+    """A random stream on the host (NumPy's PCG64 seeded with ``seed``, the algorithm of the
+    cpu and strict devices); its arrays are NumPy arrays. For numbers that must be the same
+    whatever the device: initial weights, the loader's shuffle order."""
+    from dlx.backends.host_random import NumpyGenerator
+
+    return NumpyGenerator(seed)
+
+
+def device_info(device_type: str) -> dict:
+    """What ``dlx info`` shows for ``device_type`` ('cpu', 'strict' or 'cuda'): versions and
+    hardware, or ``{"available": False, "error": ...}``; never raises and never needs the
+    device to work."""
+    return _backend_info(device_type)
 
 
 _DEVICES: dict = {}

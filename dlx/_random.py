@@ -39,9 +39,9 @@ def init_generator():
     with _lock:
         gen = _generators.get("init")
         if gen is None:
-            from dlx.backends.host_random import NumpyGenerator
+            from dlx._device import host_generator
 
-            gen = _generators["init"] = NumpyGenerator(_stream_seed(0))
+            gen = _generators["init"] = host_generator(_stream_seed(0))
         return gen
 
 
@@ -53,7 +53,7 @@ def generator(device=None):
     with _lock:
         gen = _generators.get(dev)
         if gen is None:
-            gen = _generators[dev] = dev.backend.generator(dev.index, _stream_seed(1))
+            gen = _generators[dev] = dev.generator(_stream_seed(1))
         return gen
 
 

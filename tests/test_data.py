@@ -421,6 +421,7 @@ def test_loader_order_is_drawn_on_the_host_for_another_stream(monkeypatch):
     plain_images = [dlx.to_numpy(x) for x, _ in DataLoader(ds, transform=aug, **kw)]
     backend = dlx.device("cpu").backend
     monkeypatch.setattr(type(backend), "generator", lambda self, index, seed: _OtherStream(seed))
+    monkeypatch.setattr(type(backend), "host_generator", False)
     assert _orders(DataLoader(ds, **kw), 3) == expected
     # the transforms' random choices still come from the device's own stream
     other_images = [dlx.to_numpy(x) for x, _ in DataLoader(ds, transform=aug, **kw)]

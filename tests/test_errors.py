@@ -50,7 +50,7 @@ def test_mixed_devices():
 def test_backward_before_forward():
     for m in (nn.Linear(2, 2), nn.ReLU(), nn.Conv2d(1, 1, 1), nn.MSELoss(), nn.Dropout(),
               nn.BatchNorm1d(2), nn.Sequential(nn.Linear(2, 2))):
-        with pytest.raises(RuntimeError, match=r"backward\(\) called before forward\(\)"):
+        with pytest.raises(RuntimeError, match=r"backward\(\) has no forward call to go back through"):
             m.backward(x_((2, 2)))
 
 

@@ -1,4 +1,7 @@
-"""Every loss: float64 gradient check, NumPy reference, PyTorch oracle; 0-d device output."""
+"""Every loss, one row per (loss, reduction) in CASES: float64 gradient check, a NumPy
+reference (the output is a 0-d array on the device), PyTorch as an oracle, the functional pair
+(``dlx.nn.functional``) against the module, and float32 purity; on every device. The harness
+is ``dlx.testing.opcase``."""
 
 from __future__ import annotations
 
@@ -7,86 +10,78 @@ import pytest
 
 import dlx
 from dlx import nn
-from dlx.testing import gradcheck, xp_assert_close
+from dlx.nn import functional as F
+from dlx.testing import labels, log_probabilities, nn_case, normal, op_checks, uniform, xp_assert_close
 
 N, C = 6, 4
 
 
-def _data(name, seed=0):
-    """(input, target) host arrays for each loss, float64 inputs."""
-    rng = np.random.default_rng(seed)
-    if name in ("CrossEntropyLoss", "NLLLoss"):
-        x = rng.standard_normal((N, C)) * 2
-        if name == "NLLLoss":  # log-probabilities
-            x = x - np.log(np.exp(x).sum(axis=1, keepdims=True))
-        return x, rng.integers(0, C, N)
-    if name == "BCELoss":
-        return rng.uniform(0.05, 0.95, (N, 3)), rng.uniform(0, 1, (N, 3))
-    if name == "BCEWithLogitsLoss":
-        return rng.standard_normal((N, 3)) * 3, rng.uniform(0, 1, (N, 3))
-    return rng.standard_normal((N, 3)), rng.standard_normal((N, 3))
+# ---- NumPy references: ref(module, state (empty), input, target) -> 0-d loss ---------------
+def _reduce(m, per):
+    return per.mean() if m.reduction == "mean" else per.sum()
 
 
-def ref_loss(name, x, t, reduction):
-    if name == "MSELoss":
-        per = (x - t) ** 2
-    elif name == "BCELoss":
-        per = -(t * np.log(x) + (1 - t) * np.log(1 - x))
-    elif name == "BCEWithLogitsLoss":
-        s = 1 / (1 + np.exp(-x))
-        per = -(t * np.log(s) + (1 - t) * np.log(1 - s))
-    else:
-        logp = x if name == "NLLLoss" else x - np.log(np.exp(x).sum(axis=1, keepdims=True))
-        per = -logp[np.arange(len(t)), t]
-    return per.mean() if reduction == "mean" else per.sum()
+def ref_mse(m, p, x, t):
+    return _reduce(m, (x - t) ** 2)
 
 
-LOSSES = ["MSELoss", "BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "NLLLoss"]
+def ref_bce(m, p, x, t):
+    return _reduce(m, -(t * np.log(x) + (1 - t) * np.log(1 - x)))
 
 
-def _put(x, t, dev, dtype):
-    tdtype = None if t.dtype.kind == "i" else dtype
-    return dlx.asarray(x, device=dev, dtype=dtype), dlx.asarray(t, device=dev, dtype=tdtype)
+def ref_bce_logits(m, p, x, t):
+    s = 1 / (1 + np.exp(-x))
+    return _reduce(m, -(t * np.log(s) + (1 - t) * np.log(1 - s)))
 
 
-@pytest.mark.parametrize("reduction", ["mean", "sum"])
-@pytest.mark.parametrize("name", LOSSES)
-def test_loss_gradcheck_and_reference(name, reduction, dev):
-    x, t = _data(name)
-    loss_fn = getattr(nn, name)(reduction=reduction)
-    xd, td = _put(x, t, dev, "float64")
-    value = loss_fn(xd, td)
-    assert value.ndim == 0 and dev.owns(value)
-    xp_assert_close(value, np.asarray(ref_loss(name, x, t, reduction)), rtol=1e-12, atol=1e-12)
-    assert gradcheck(loss_fn, xd, td)
+def ref_cross_entropy(m, p, x, t):
+    logp = x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+    eps = m.label_smoothing
+    target = np.full(x.shape, eps / x.shape[1])
+    target[np.arange(len(t)), t] += 1 - eps
+    return _reduce(m, -(target * logp).sum(axis=1))
 
 
-@pytest.mark.parametrize("name", LOSSES)
-def test_loss_float32_stays_float32(name, dev):
-    x, t = _data(name)
-    loss_fn = getattr(nn, name)()
-    value = loss_fn(*_put(x, t, dev, "float32"))
-    grad = loss_fn.backward()
-    assert str(value.dtype).endswith("float32") and str(grad.dtype).endswith("float32")
+def ref_nll(m, p, x, t):
+    return _reduce(m, -x[np.arange(len(t)), t])
 
 
-@pytest.mark.torch
-@pytest.mark.parametrize("reduction", ["mean", "sum"])
-@pytest.mark.parametrize("name", LOSSES)
-def test_loss_matches_torch(name, reduction):
-    torch = pytest.importorskip("torch")
-    x, t = _data(name, seed=1)
-    x32 = x.astype(np.float32)
-    t_np = t if t.dtype.kind == "i" else t.astype(np.float32)
-    loss_fn = getattr(nn, name)(reduction=reduction)
-    value = loss_fn(*_put(x32, t_np, "cpu", "float32"))
-    tx = torch.from_numpy(x32).requires_grad_(True)
-    tv = getattr(torch.nn, name)(reduction=reduction)(tx, torch.from_numpy(t_np))
-    tv.backward()
-    xp_assert_close(value, tv.detach().numpy(), rtol=1e-4, atol=1e-5)
-    xp_assert_close(loss_fn.backward(), tx.grad.numpy(), rtol=1e-4, atol=1e-5)
+# ---- the table -----------------------------------------------------------------------------
+LOSSES = {  # class name -> (inputs (input, target), reference, functional pair)
+    "MSELoss": ((normal((N, 3)), normal((N, 3))), ref_mse,
+                lambda m, x, t: F.mse_loss.forward(x, t, m.reduction)),
+    "BCELoss": ((uniform((N, 3), 0.05, 0.95), uniform((N, 3))), ref_bce,
+                lambda m, x, t: F.binary_cross_entropy.forward(x, t, m.reduction)),
+    "BCEWithLogitsLoss": ((normal((N, 3), scale=3), uniform((N, 3))), ref_bce_logits,
+                          lambda m, x, t: F.binary_cross_entropy_with_logits.forward(x, t, m.reduction)),
+    "CrossEntropyLoss": ((normal((N, C), scale=2), labels((N,), C)), ref_cross_entropy,
+                         lambda m, x, t: F.cross_entropy.forward(x, t, m.reduction, m.label_smoothing)),
+    "NLLLoss": ((log_probabilities((N, C)), labels((N,), C)), ref_nll,
+                lambda m, x, t: F.nll_loss.forward(x, t, m.reduction)),
+}
+LOSS_TOL = {"float64": (1e-12, 1e-12)}
 
 
+def loss_case(name, reduction, **kwargs):
+    inputs, ref, functional = LOSSES[name]
+    suffix = "".join(f"_{k}{v}" for k, v in kwargs.items())
+    tol = dict(LOSS_TOL, float32=(1e-5, 1e-6)) if kwargs else LOSS_TOL
+    return nn_case(f"{name}{suffix}-{reduction}", name, (), {"reduction": reduction, **kwargs},
+                   inputs=inputs, ref=ref, functional=functional, tol=tol)
+
+
+CASES = [loss_case(name, reduction) for name in LOSSES for reduction in ("mean", "sum")]
+CASES += [loss_case("CrossEntropyLoss", reduction, label_smoothing=0.1) for reduction in ("mean", "sum")]
+CASES += [loss_case("CrossEntropyLoss", "mean", label_smoothing=0.2)]
+
+
+@pytest.mark.parametrize("case, check", op_checks(CASES))
+def test_loss(case, check, dev):
+    """One test per (case, check, device): gradcheck, reference, torch, functional, float32."""
+    check(case, dev)
+
+
+# ---- what does not fit a row ---------------------------------------------------------------
 def test_bce_saturates_like_torch():
     """p = 0 or 1 gives log clamped at -100 (finite), as in PyTorch."""
     loss_fn = nn.BCELoss(reduction="sum")
@@ -95,35 +90,6 @@ def test_bce_saturates_like_torch():
     v = float(dlx.to_numpy(loss_fn(x, t)))
     assert np.isclose(v, 200 + np.log(2), rtol=1e-6)
     assert np.all(np.isfinite(dlx.to_numpy(loss_fn.backward())))
-
-
-@pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_cross_entropy_label_smoothing_gradcheck_and_reference(reduction, dev):
-    x, t = _data("CrossEntropyLoss", seed=2)
-    eps = 0.1
-    loss_fn = nn.CrossEntropyLoss(reduction=reduction, label_smoothing=eps)
-    xd, td = _put(x, t, dev, "float64")
-    logp = x - np.log(np.exp(x).sum(axis=1, keepdims=True))
-    target = np.full((N, C), eps / C)
-    target[np.arange(N), t] += 1 - eps
-    per = -(target * logp).sum(axis=1)
-    xp_assert_close(loss_fn(xd, td), np.asarray(per.mean() if reduction == "mean" else per.sum()),
-                    rtol=1e-12, atol=1e-12)
-    assert gradcheck(loss_fn, xd, td)
-
-
-@pytest.mark.torch
-def test_cross_entropy_label_smoothing_matches_torch():
-    torch = pytest.importorskip("torch")
-    x, t = _data("CrossEntropyLoss", seed=3)
-    x32 = x.astype(np.float32)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.2)
-    value = loss_fn(*_put(x32, t, "cpu", "float32"))
-    tx = torch.from_numpy(x32).requires_grad_(True)
-    tv = torch.nn.CrossEntropyLoss(label_smoothing=0.2)(tx, torch.from_numpy(t))
-    tv.backward()
-    xp_assert_close(value, tv.detach().numpy(), rtol=1e-5, atol=1e-6)
-    xp_assert_close(loss_fn.backward(), tx.grad.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_cross_entropy_label_smoothing_out_of_range():
@@ -143,3 +109,9 @@ def test_loss_backward_scales_by_upstream():
     x, t = dlx.asarray(np.ones((2, 2)) * 3), dlx.asarray(np.ones((2, 2)))
     loss_fn(x, t)
     xp_assert_close(loss_fn.backward(0.5), np.full((2, 2), 0.5, np.float32))
+
+
+def test_every_loss_has_rows():
+    losses = {name for name in dir(nn) if name.endswith("Loss")}
+    missing = losses - {type(c.module("cpu", "float32")).__name__ for c in CASES}
+    assert not missing, f"losses without a row in CASES: {sorted(missing)}"

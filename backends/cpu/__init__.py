@@ -16,6 +16,10 @@ class CPUBackend(Backend):
     def __init__(self):
         threads.configure()  # Numba gets the cores, BLAS one thread (see threads.py)
 
+    @classmethod
+    def info(cls) -> dict:
+        return {"available": True, "threads": threads.threading_info()}
+
     def array_device(self, index):
         return "cpu"
 

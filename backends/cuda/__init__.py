@@ -88,6 +88,8 @@ def _import_xp():
 
 class CUDABackend(Backend):
     name = "cuda"
+    host_generator = False  # Philox on the device (rng.cu), not NumPy's PCG64
+    max_resident_bytes = 2 << 30  # a larger data set stays on the host, copied per batch
 
     def __init__(self):
         cupy = _import_cupy()
@@ -100,18 +102,39 @@ class CUDABackend(Backend):
         self._cupy = cupy
         from . import conv2d, optim, pooling, rng
 
-        self._rng = rng
-        self.conv2d = conv2d.conv2d
-        self.conv2d_backward_data = conv2d.conv2d_backward_data
-        self.conv2d_backward_weight = conv2d.conv2d_backward_weight
-        self.conv2d_backward = conv2d.conv2d_backward
-        self.conv2d_backward_bias = conv2d.conv2d_backward_bias
-        self.max_pool2d = pooling.max_pool2d
-        self.max_pool2d_backward = pooling.max_pool2d_backward
-        self.avg_pool2d = pooling.avg_pool2d
-        self.avg_pool2d_backward = pooling.avg_pool2d_backward
+        self._conv, self._pool, self._rng = conv2d, pooling, rng
         if os.environ.get("DLX_CUDA_FUSED", "1") != "0":  # 0: the optimizers' own xp code
             self.adam_step = optim.adam_step
+
+    @classmethod
+    def info(cls) -> dict:
+        return cuda_info()
+
+    # the kernels: CUDA C in conv2d.cu and pooling.cu, launched from conv2d.py and pooling.py
+    def conv2d(self, x, w, b, stride, padding, dilation):
+        return self._conv.conv2d(x, w, b, stride, padding, dilation)
+
+    def conv2d_backward_data(self, dy, w, x_shape, stride, padding, dilation):
+        return self._conv.conv2d_backward_data(dy, w, x_shape, stride, padding, dilation)
+
+    def conv2d_backward_weight(self, x, dy, w_shape, stride, padding, dilation):
+        return self._conv.conv2d_backward_weight(x, dy, w_shape, stride, padding, dilation)
+
+    def conv2d_backward_bias(self, dy):
+        return self._conv.conv2d_backward_bias(dy)
+
+    def max_pool2d(self, x, kernel, stride, padding):
+        return self._pool.max_pool2d(x, kernel, stride, padding)
+
+    def max_pool2d_backward(self, dy, argmax, x_shape, kernel, stride, padding):
+        return self._pool.max_pool2d_backward(dy, argmax, x_shape, kernel, stride, padding)
+
+    def avg_pool2d(self, x, kernel, stride, padding, count_include_pad=True):
+        return self._pool.avg_pool2d(x, kernel, stride, padding, count_include_pad)
+
+    def avg_pool2d_backward(self, dy, x_shape, kernel, stride, padding, count_include_pad=True):
+        return self._pool.avg_pool2d_backward(dy, x_shape, kernel, stride, padding,
+                                              count_include_pad)
 
     def check_index(self, index) -> None:
         """DeviceError unless GPU ``index`` exists."""

@@ -180,11 +180,3 @@ def conv2d_backward_bias(dy):
     return db
 
 
-def conv2d_backward(x, w, dy, stride, padding, dilation, need_dx=True, need_db=True):
-    """(dx, dw, db); dx is None unless ``need_dx``, db None unless ``need_db``."""
-    dx = None
-    if need_dx:
-        dx = conv2d_backward_data(dy, w, tuple(x.shape), stride, padding, dilation)
-    dw = conv2d_backward_weight(x, dy, tuple(w.shape), stride, padding, dilation)
-    db = conv2d_backward_bias(dy) if need_db else None
-    return dx, dw, db

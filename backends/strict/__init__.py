@@ -30,6 +30,14 @@ class StrictBackend(Backend):
         self._device = self.xp.Device("device1")
         self._host = self.xp.Device("CPU_DEVICE")
 
+    @classmethod
+    def info(cls) -> dict:
+        try:
+            xp = _import_strict()
+        except ImportError as e:
+            return {"available": False, "error": str(e)}
+        return {"available": True, "array-api-strict": xp.__version__}
+
     def array_device(self, index=None):
         return self._device
 

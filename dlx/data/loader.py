@@ -12,14 +12,9 @@ import math
 
 import numpy as np
 
-from dlx.backends.host_random import NumpyGenerator
-
 from .transforms import Compose, apply_all
 
 __all__ = ["DataLoader"]
-
-#: Largest uint8 data set (bytes) kept whole on a GPU when ``resident=None``.
-MAX_RESIDENT_BYTES = 2 << 30
 
 
 def _host_arrays(dataset):
@@ -77,8 +72,8 @@ class DataLoader:
     - ``transform``: a batch transform (see ``dlx.data.transforms``) run on the device.
     - ``resident``: keep the whole uint8 set on the device (True), or copy each batch
       from host memory (False). None: on the CPU and strict devices always (the set is in
-      host memory already), on a GPU when it is at most ``MAX_RESIDENT_BYTES`` (2 GiB;
-      MNIST train is 47 MB, CIFAR-10 train 154 MB).
+      host memory already), on a GPU when it is at most the backend's
+      ``max_resident_bytes`` (2 GiB on CUDA; MNIST train is 47 MB, CIFAR-10 train 154 MB).
     """
 
     def __init__(
@@ -111,7 +106,7 @@ class DataLoader:
         data, targets = _host_arrays(dataset)
         self.num_samples = len(data)
         if resident is None:
-            resident = self.device.type != "cuda" or data.nbytes <= MAX_RESIDENT_BYTES
+            resident = self.device.backend.keeps_resident(data.nbytes)
         self.resident = bool(resident)
         self._host = None if self.resident else data
         self._x = self._put(data) if self.resident else None
@@ -145,7 +140,7 @@ class DataLoader:
 
             return generator(self.device)
         # Stream 2 and the epoch: never the same stream as dlx's own (seed, 0) and (seed, 1).
-        return self.device.backend.generator(self.device.index, [self.seed, 2, epoch])
+        return self.device.generator([self.seed, 2, epoch])
 
     # batches --------------------------------------------------------------------
     def __iter__(self):
@@ -158,9 +153,11 @@ class DataLoader:
         their host stream ``gen``; another device's stream (CUDA's Philox) would give
         another order, so there the same numbers are drawn from a host stream with the
         same seed (one small copy per epoch)."""
-        if self.seed is None or isinstance(gen, NumpyGenerator):
+        if self.seed is None or self.device.backend.host_generator:
             return gen.permutation(self.num_samples)
-        return self._put(NumpyGenerator([self.seed, 2, epoch]).permutation(self.num_samples))
+        from dlx._device import host_generator
+
+        return self._put(host_generator([self.seed, 2, epoch]).permutation(self.num_samples))
 
     def _batches(self, gen, epoch: int):
         xp = self.device.xp

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from dlx._device import device as _device
-from dlx.backends.host_random import dtype_name
-from dlx.nn.module import FLOAT_DTYPES, Parameter
+from dlx.dtypes import FLOAT_DTYPES, dtype_name
+from dlx.nn.module import Parameter
 
 
 def pair(value, name: str, layer: str, minimum: int = 0) -> tuple[int, int]:

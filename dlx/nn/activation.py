@@ -1,76 +1,64 @@
-"""Activation functions: forward and its derivative side by side.
-
-Each caches the least its backward needs (usually the output) and works on any shape.
-Gradients through a kink are written ``dy * astype(mask, dtype)``: on NumPy that is ten
-times faster than ``where(mask, dy, 0)`` for the large activations of a convnet.
-"""
+"""Activation modules: each checks its input and calls its pair in ``dlx.nn.functional``
+(the math, forward and derivative side by side, lives in ``functional/activation.py``)."""
 
 from __future__ import annotations
 
-from dlx._device import get_namespace
+from dlx.nn import functional as F
+from dlx.nn.functional.activation import SELU_ALPHA, SELU_SCALE
 from dlx.nn.module import Module
 
 
 class _Activation(Module):
-    """Shared input check; subclasses implement ``_forward(xp, x)`` / ``_backward(xp, dy)``."""
+    """One op with fixed keyword arguments (``_op``, ``_kwargs()``); works on any shape."""
+
+    _op: F.Op
+
+    def _kwargs(self) -> dict:
+        return {}
 
     def forward(self, x):
         self._check_device(x)
-        return self._forward(get_namespace(x), x)
+        y, ctx = self._op.forward(x, **self._kwargs())
+        self._keep(ctx)
+        return y
 
     def backward(self, dy):
-        self._saved()
-        return self._backward(get_namespace(dy), dy)
+        return self._op.backward(self._pop(), dy)[0]
 
 
 class ReLU(_Activation):
     """max(x, 0); gradient 1 where the output is positive."""
 
-    def _forward(self, xp, x):
-        y = xp.maximum(x, 0.0)
-        self._cache = y
-        return y
-
-    def _backward(self, xp, dy):
-        return dy * xp.astype(self._cache > 0, dy.dtype)
+    _op = F.relu
 
 
 class LeakyReLU(_Activation):
     """x where x > 0, else negative_slope * x."""
 
+    _op = F.leaky_relu
+
     def __init__(self, negative_slope: float = 0.01):
         super().__init__()
         self.negative_slope = float(negative_slope)
 
-    def _forward(self, xp, x):
-        self._cache = x
-        if 0.0 <= self.negative_slope <= 1.0:  # then the leaky ReLU is max(x, slope * x)
-            return xp.maximum(x, x * self.negative_slope)
-        return xp.where(x > 0, x, x * self.negative_slope)
-
-    def _backward(self, xp, dy):
-        positive = xp.astype(self._cache > 0, dy.dtype)  # 1 where x > 0, else slope:
-        return dy * (positive * (1.0 - self.negative_slope) + self.negative_slope)
+    def _kwargs(self):
+        return {"negative_slope": self.negative_slope}
 
     def extra_repr(self):
         return f"negative_slope={self.negative_slope}"
 
 
 class ELU(_Activation):
-    """x where x > 0, else alpha * (exp(x) - 1); derivative there is y + alpha."""
+    """x where x > 0, else alpha * (exp(x) - 1)."""
+
+    _op = F.elu
 
     def __init__(self, alpha: float = 1.0):
         super().__init__()
         self.alpha = float(alpha)
 
-    def _forward(self, xp, x):
-        y = xp.where(x > 0, x, self.alpha * xp.expm1(xp.minimum(x, 0.0)))
-        self._cache = (x, y)
-        return y
-
-    def _backward(self, xp, dy):
-        x, y = self._cache
-        return xp.where(x > 0, dy, dy * (y + self.alpha))
+    def _kwargs(self):
+        return {"alpha": self.alpha}
 
     def extra_repr(self):
         return f"alpha={self.alpha}"
@@ -79,83 +67,42 @@ class ELU(_Activation):
 class SELU(_Activation):
     """scale * ELU(x, alpha) with the self-normalising constants of Klambauer et al. (2017)."""
 
-    alpha = 1.6732632423543772848170429916717
-    scale = 1.0507009873554804934193349852946
-
-    def _forward(self, xp, x):
-        y = self.scale * xp.where(x > 0, x, self.alpha * xp.expm1(xp.minimum(x, 0.0)))
-        self._cache = (x, y)
-        return y
-
-    def _backward(self, xp, dy):
-        x, y = self._cache
-        return xp.where(x > 0, dy * self.scale, dy * (y + self.scale * self.alpha))
+    _op = F.selu
+    alpha = SELU_ALPHA
+    scale = SELU_SCALE
 
 
 class Sigmoid(_Activation):
-    """1 / (1 + exp(-x)), computed without overflow; derivative y (1 - y)."""
+    """1 / (1 + exp(-x)), computed without overflow."""
 
-    def _forward(self, xp, x):
-        e = xp.exp(-xp.abs(x))
-        y = xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-        self._cache = y
-        return y
-
-    def _backward(self, xp, dy):
-        y = self._cache
-        return dy * y * (1.0 - y)
+    _op = F.sigmoid
 
 
 class Tanh(_Activation):
-    """tanh(x); derivative 1 - y²."""
+    """tanh(x)."""
 
-    def _forward(self, xp, x):
-        y = xp.tanh(x)
-        self._cache = y
-        return y
-
-    def _backward(self, xp, dy):
-        y = self._cache
-        return dy * (1.0 - y * y)
+    _op = F.tanh
 
 
-class Softmax(_Activation):
-    """exp(x - max) / sum(exp(x - max)) along ``dim``; dx = y (dy - sum(dy y))."""
-
+class _AlongDim(_Activation):
     def __init__(self, dim: int = -1):
         super().__init__()
         self.dim = dim
 
-    def _forward(self, xp, x):
-        e = xp.exp(x - xp.max(x, axis=self.dim, keepdims=True))
-        y = e / xp.sum(e, axis=self.dim, keepdims=True)
-        self._cache = y
-        return y
-
-    def _backward(self, xp, dy):
-        y = self._cache
-        return y * (dy - xp.sum(dy * y, axis=self.dim, keepdims=True))
+    def _kwargs(self):
+        return {"dim": self.dim}
 
     def extra_repr(self):
         return f"dim={self.dim}"
 
 
-class LogSoftmax(_Activation):
-    """x - max - log(sum(exp(x - max))) along ``dim``; dx = dy - exp(y) sum(dy)."""
+class Softmax(_AlongDim):
+    """exp(x - max) / sum(exp(x - max)) along ``dim``."""
 
-    def __init__(self, dim: int = -1):
-        super().__init__()
-        self.dim = dim
+    _op = F.softmax
 
-    def _forward(self, xp, x):
-        shifted = x - xp.max(x, axis=self.dim, keepdims=True)
-        y = shifted - xp.log(xp.sum(xp.exp(shifted), axis=self.dim, keepdims=True))
-        self._cache = y
-        return y
 
-    def _backward(self, xp, dy):
-        y = self._cache
-        return dy - xp.exp(y) * xp.sum(dy, axis=self.dim, keepdims=True)
+class LogSoftmax(_AlongDim):
+    """x - max - log(sum(exp(x - max))) along ``dim``."""
 
-    def extra_repr(self):
-        return f"dim={self.dim}"
+    _op = F.log_softmax

@@ -1,4 +1,5 @@
-"""2-D convolution and transposed convolution; the kernels come from the device's backend.
+"""2-D convolution and transposed convolution modules: parameters, checks and the calls to
+their pairs in ``dlx.nn.functional`` (whose kernels come from the device's backend).
 
 Conv2d:          x (N, C, H, W), weight (OC, C, KH, KW) -> y (N, OC, OH, OW)
 ConvTranspose2d: x (N, C, H, W), weight (C, OC, KH, KW) -> y (N, OC, OH, OW); it is the
@@ -11,8 +12,8 @@ from __future__ import annotations
 import math
 
 from dlx import init
-from dlx._device import get_namespace
 from dlx.backends.base import conv2d_output_size
+from dlx.nn import functional as F
 from dlx.nn._util import check_input, new_parameter, pair
 from dlx.nn.module import Module
 
@@ -44,6 +45,21 @@ class _ConvNd(Module):
     def _geometry(self):
         return self.stride, self.padding, self.dilation
 
+    def _bias(self):
+        return None if self.bias is None else self.bias.data
+
+    can_skip_input_grad = True
+
+    def backward(self, dy, input_grad: bool = True):
+        """dL/dx (None when ``input_grad`` is False: the first layer of a model needs none)."""
+        dx, dw, db = self._op.backward(self._pop(), dy, need_dx=input_grad,
+                                       need_params=self._grad_enabled)
+        if self._grad_enabled:
+            self.weight.accumulate_grad(dw)
+            if self.bias is not None:
+                self.bias.accumulate_grad(db)
+        return dx
+
     def extra_repr(self):
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
              f"stride={self.stride}")
@@ -56,6 +72,8 @@ class _ConvNd(Module):
 
 class Conv2d(_ConvNd):
     """Cross-correlation of x with ``weight`` plus ``bias``, PyTorch's ``nn.Conv2d`` (groups=1)."""
+
+    _op = F.conv2d
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  dilation=1, bias: bool = True, device=None, dtype=None):
@@ -71,27 +89,9 @@ class Conv2d(_ConvNd):
                 f"Conv2d: input of {x.shape[2]}x{x.shape[3]} is smaller than the kernel "
                 f"{self.kernel_size} (dilation {self.dilation}, padding {self.padding}) allows"
             )
-        backend = self.weight.device.backend
-        b = None if self.bias is None else self.bias.data
-        self._cache = (x, backend)
-        return backend.conv2d(x, self.weight.data, b, *self._geometry())
-
-    can_skip_input_grad = True
-
-    def backward(self, dy, input_grad: bool = True):
-        """dL/dx (None when ``input_grad`` is False: the first layer of a model needs none)."""
-        x, backend = self._saved()
-        w = self.weight.data
-        if not self._grad_enabled:
-            if not input_grad:
-                return None
-            return backend.conv2d_backward_data(dy, w, tuple(x.shape), *self._geometry())
-        dx, dw, db = backend.conv2d_backward(x, w, dy, *self._geometry(), need_dx=input_grad,
-                                             need_db=self.bias is not None)
-        self.weight.accumulate_grad(dw)
-        if self.bias is not None:
-            self.bias.accumulate_grad(db)
-        return dx
+        y, ctx = F.conv2d.forward(x, self.weight.data, self._bias(), *self._geometry())
+        self._keep(ctx)
+        return y
 
 
 class ConvTranspose2d(_ConvNd):
@@ -99,6 +99,8 @@ class ConvTranspose2d(_ConvNd):
 
     OH = (H - 1) * stride - 2 * padding + dilation * (KH - 1) + output_padding + 1.
     """
+
+    _op = F.conv_transpose2d
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  output_padding=0, bias: bool = True, dilation=1, device=None, dtype=None):
@@ -113,10 +115,8 @@ class ConvTranspose2d(_ConvNd):
                 )
 
     def output_size(self, h: int, w: int) -> tuple[int, int]:
-        (sh, sw), (ph, pw), (dh, dw) = self._geometry()
-        (kh, kw), (oph, opw) = self.kernel_size, self.output_padding
-        return ((h - 1) * sh - 2 * ph + dh * (kh - 1) + oph + 1,
-                (w - 1) * sw - 2 * pw + dw * (kw - 1) + opw + 1)
+        return F.conv_transpose2d_output_size(h, w, self.kernel_size, self.stride, self.padding,
+                                              self.dilation, self.output_padding)
 
     def forward(self, x):
         check_input(self, x, 4, "(N, C, H, W)", self.in_channels)
@@ -124,28 +124,10 @@ class ConvTranspose2d(_ConvNd):
         if oh <= 0 or ow <= 0:
             raise ValueError(f"ConvTranspose2d: padding {self.padding} leaves no output for "
                              f"input {x.shape[2]}x{x.shape[3]}")
-        backend = self.weight.device.backend
-        y = backend.conv2d_backward_data(x, self.weight.data, (x.shape[0], self.out_channels, oh, ow),
-                                         *self._geometry())
-        if self.bias is not None:
-            xp = get_namespace(y)
-            y = y + xp.reshape(self.bias.data, (1, self.out_channels, 1, 1))
-        self._cache = (x, backend)
+        y, ctx = F.conv_transpose2d.forward(x, self.weight.data, self._bias(), self.stride,
+                                            self.padding, self.output_padding, self.dilation)
+        self._keep(ctx)
         return y
-
-    can_skip_input_grad = True
-
-    def backward(self, dy, input_grad: bool = True):
-        x, backend = self._saved()
-        w = self.weight.data
-        geometry = self._geometry()
-        dx = backend.conv2d(dy, w, None, *geometry) if input_grad else None
-        if self._grad_enabled:
-            self.weight.accumulate_grad(
-                backend.conv2d_backward_weight(dy, x, tuple(w.shape), *geometry))
-            if self.bias is not None:
-                self.bias.accumulate_grad(get_namespace(dy).sum(dy, axis=(0, 2, 3)))
-        return dx
 
     def extra_repr(self):
         s = super().extra_repr()

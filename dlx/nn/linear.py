@@ -1,11 +1,12 @@
-"""Linear (fully connected) layer and the shape-only layers: Identity, Flatten, Unflatten."""
+"""Linear (fully connected) layer and the shape-only layers: Identity, Flatten, Unflatten.
+Each holds its parameters and calls its pair in ``dlx.nn.functional``."""
 
 from __future__ import annotations
 
 import math
 
 from dlx import init
-from dlx._device import get_namespace
+from dlx.nn import functional as F
 from dlx.nn._util import check_input, new_parameter
 from dlx.nn.module import Module
 
@@ -32,28 +33,21 @@ class Linear(Module):
 
     def forward(self, x):
         check_input(self, x, tuple(range(1, 9)), "(*, in_features)", self.in_features, -1)
-        xp = get_namespace(x)
-        x2 = xp.reshape(x, (-1, self.in_features))
-        y = xp.matmul(x2, self.weight.data.T)
-        if self.bias is not None:
-            y = y + self.bias.data
-        self._cache = (x2, tuple(x.shape))
-        return xp.reshape(y, (*x.shape[:-1], self.out_features))
+        y, ctx = F.linear.forward(x, self.weight.data, None if self.bias is None else self.bias.data)
+        self._keep(ctx)
+        return y
 
     can_skip_input_grad = True
 
     def backward(self, dy, input_grad: bool = True):
         """dL/dx (None when ``input_grad`` is False: the first layer of a model needs none)."""
-        x2, x_shape = self._saved()
-        xp = get_namespace(dy)
-        dy2 = xp.reshape(dy, (-1, self.out_features))
+        dx, dw, db = F.linear.backward(self._pop(), dy, need_dx=input_grad,
+                                       need_params=self._grad_enabled)
         if self._grad_enabled:
-            self.weight.accumulate_grad(xp.matmul(dy2.T, x2))
+            self.weight.accumulate_grad(dw)
             if self.bias is not None:
-                self.bias.accumulate_grad(xp.sum(dy2, axis=0))
-        if not input_grad:
-            return None
-        return xp.reshape(xp.matmul(dy2, self.weight.data), x_shape)
+                self.bias.accumulate_grad(db)
+        return dx
 
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -64,12 +58,18 @@ class Identity(Module):
     """y = x."""
 
     def forward(self, x):
-        self._cache = ()
-        return x
+        y, ctx = F.identity.forward(x)
+        self._keep(ctx)
+        return y
 
     def backward(self, dy):
-        self._saved()
-        return dy
+        return F.identity.backward(self._pop(), dy)[0]
+
+
+def _reshape(module, x, shape):
+    y, ctx = F.reshape.forward(x, shape)
+    module._keep(ctx)
+    return y
 
 
 class Flatten(Module):
@@ -80,19 +80,17 @@ class Flatten(Module):
         self.start_dim, self.end_dim = start_dim, end_dim
 
     def forward(self, x):
-        xp = get_namespace(x)
         nd = x.ndim
         s, e = self.start_dim % max(nd, 1), self.end_dim % max(nd, 1)
         if nd == 0 or s > e:
             raise ValueError(
                 f"Flatten: cannot flatten dims {self.start_dim}..{self.end_dim} of shape {tuple(x.shape)}"
             )
-        self._cache = tuple(x.shape)
         shape = x.shape[:s] + (math.prod(x.shape[s : e + 1]),) + x.shape[e + 1 :]
-        return xp.reshape(x, shape)
+        return _reshape(self, x, shape)
 
     def backward(self, dy):
-        return get_namespace(dy).reshape(dy, self._saved())
+        return F.reshape.backward(self._pop(), dy)[0]
 
     def extra_repr(self):
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
@@ -106,18 +104,16 @@ class Unflatten(Module):
         self.dim, self.unflattened_size = dim, tuple(unflattened_size)
 
     def forward(self, x):
-        xp = get_namespace(x)
         d = self.dim % x.ndim
         if x.shape[d] != math.prod(self.unflattened_size):
             raise ValueError(
                 f"Unflatten: dim {self.dim} of shape {tuple(x.shape)} has size {x.shape[d]}, "
                 f"which cannot become {self.unflattened_size}"
             )
-        self._cache = tuple(x.shape)
-        return xp.reshape(x, x.shape[:d] + self.unflattened_size + x.shape[d + 1 :])
+        return _reshape(self, x, x.shape[:d] + self.unflattened_size + x.shape[d + 1 :])
 
     def backward(self, dy):
-        return get_namespace(dy).reshape(dy, self._saved())
+        return F.reshape.backward(self._pop(), dy)[0]
 
     def extra_repr(self):
         return f"dim={self.dim}, unflattened_size={self.unflattened_size}"

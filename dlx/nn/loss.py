@@ -1,5 +1,6 @@
-"""Loss functions. ``loss_fn(input, target)`` returns a 0-d device array (no host sync);
-``loss_fn.backward()`` returns dL/dinput for the last call.
+"""Loss modules: the checks on input and target, then the pair in
+``dlx.nn.functional.loss``. ``loss_fn(input, target)`` returns a 0-d device array (no host
+sync); ``loss_fn.backward()`` returns dL/dinput for the latest call.
 
 reduction="mean" (default) averages over all elements (over the batch for the
 classification losses), "sum" adds them up.
@@ -8,7 +9,8 @@ classification losses), "sum" adds them up.
 from __future__ import annotations
 
 from dlx._device import device_of, get_namespace, is_array
-from dlx.backends.host_random import dtype_name
+from dlx.dtypes import dtype_name
+from dlx.nn import functional as F
 from dlx.nn.module import Module
 
 _REDUCTIONS = ("mean", "sum")
@@ -38,18 +40,16 @@ class _Loss(Module):
                 raise ValueError(f"{name}: target dtype {dtype_name(target.dtype)} differs from "
                                  f"input dtype {dtype_name(input.dtype)}; cast the target")
 
-    def _reduce(self, xp, per_element, count):
-        total = xp.sum(per_element)
-        return total / count if self.reduction == "mean" else total
+    _op: F.Op
 
-    def _scale(self, count):
-        """d(reduced)/d(element): 1/count for the mean, 1 for the sum."""
-        return 1.0 / count if self.reduction == "mean" else 1.0
+    def _call(self, input, target, **kwargs):
+        loss, ctx = self._op.forward(input, target, reduction=self.reduction, **kwargs)
+        self._keep(ctx)
+        return loss
 
     def backward(self, grad=1.0):
         """dL/dinput; ``grad`` is dL/dloss (a float or a 0-d array), 1 by default."""
-        g = self._saved()
-        return g if (isinstance(grad, (int, float)) and grad == 1.0) else g * grad
+        return self._op.backward(self._pop(), grad)[0]
 
     def extra_repr(self):
         return f"reduction='{self.reduction}'"
@@ -58,17 +58,18 @@ class _Loss(Module):
 class MSELoss(_Loss):
     """mean((input - target)²)."""
 
+    _op = F.mse_loss
+
     def forward(self, input, target):
         self._check_pair(input, target)
-        xp = get_namespace(input)
-        diff = input - target
-        self._cache = diff * (2.0 * self._scale(diff.size))
-        return self._reduce(xp, diff * diff, diff.size)
+        return self._call(input, target)
 
 
 class BCELoss(_Loss):
     """-(t log p + (1 - t) log(1 - p)) for probabilities p in [0, 1]; each log is clamped
     at -100 as in PyTorch, so p = 0 or 1 gives a finite loss."""
+
+    _op = F.binary_cross_entropy
 
     def forward(self, input, target):
         self._check_pair(input, target)
@@ -76,33 +77,23 @@ class BCELoss(_Loss):
         if not bool(xp.all((input >= 0) & (input <= 1))):
             raise ValueError("BCELoss: input must hold probabilities in [0, 1]; "
                              "for raw scores use BCEWithLogitsLoss")
-        log_p = xp.maximum(xp.log(xp.where(input > 0, input, 1.0)), -100.0)
-        log_p = xp.where(input > 0, log_p, -100.0)
-        q = 1.0 - input
-        log_q = xp.where(q > 0, xp.maximum(xp.log(xp.where(q > 0, q, 1.0)), -100.0), -100.0)
-        per = -(target * log_p + (1.0 - target) * log_q)
-        # PyTorch's gradient: (p - t) / max(p (1 - p), 1e-12)
-        self._cache = (input - target) / xp.maximum(input * q, 1e-12) * self._scale(per.size)
-        return self._reduce(xp, per, per.size)
+        return self._call(input, target)
 
 
 class BCEWithLogitsLoss(_Loss):
     """BCE of sigmoid(x), computed stably: max(x, 0) - x t + log(1 + exp(-|x|))."""
 
+    _op = F.binary_cross_entropy_with_logits
+
     def forward(self, input, target):
         self._check_pair(input, target)
-        xp = get_namespace(input)
-        e = xp.exp(-xp.abs(input))
-        per = xp.maximum(input, 0.0) - input * target + xp.log1p(e)
-        sigmoid = xp.where(input >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-        self._cache = (sigmoid - target) * self._scale(per.size)
-        return self._reduce(xp, per, per.size)
+        return self._call(input, target)
 
 
 class _ClassLoss(_Loss):
-    """Shared checks and one-hot encoding for (N, C) scores with int labels (N,)."""
+    """Shared checks for (N, C) scores with int labels (N,)."""
 
-    def _one_hot(self, input, target):
+    def _check_labels(self, input, target):
         self._check_pair(input, target, same_shape=False)
         name = type(self).__name__
         xp = get_namespace(input)
@@ -117,8 +108,6 @@ class _ClassLoss(_Loss):
         c = input.shape[1]
         if not bool(xp.all((target >= 0) & (target < c))):
             raise ValueError(f"{name}: target holds class indices outside [0, {c - 1}]")
-        classes = xp.arange(c, device=input.device)
-        return xp.astype(xp.reshape(target, (-1, 1)) == classes, input.dtype)
 
 
 class CrossEntropyLoss(_ClassLoss):
@@ -135,19 +124,11 @@ class CrossEntropyLoss(_ClassLoss):
                              f"got {label_smoothing!r}")
         self.label_smoothing = float(label_smoothing)
 
+    _op = F.cross_entropy
+
     def forward(self, input, target):
-        target_p = self._one_hot(input, target)
-        if self.label_smoothing:
-            eps = self.label_smoothing
-            target_p = target_p * (1.0 - eps) + eps / input.shape[1]
-        xp = get_namespace(input)
-        shifted = input - xp.max(input, axis=1, keepdims=True)
-        exp = xp.exp(shifted)
-        sum_exp = xp.sum(exp, axis=1, keepdims=True)
-        log_p = shifted - xp.log(sum_exp)
-        n = input.shape[0]
-        self._cache = (exp / sum_exp - target_p) * self._scale(n)
-        return self._reduce(xp, -(target_p * log_p), n)
+        self._check_labels(input, target)
+        return self._call(input, target, label_smoothing=self.label_smoothing)
 
     def extra_repr(self):
         smooth = f", label_smoothing={self.label_smoothing}" if self.label_smoothing else ""
@@ -157,9 +138,8 @@ class CrossEntropyLoss(_ClassLoss):
 class NLLLoss(_ClassLoss):
     """-input[label] for log-probabilities (N, C) (the output of LogSoftmax)."""
 
+    _op = F.nll_loss
+
     def forward(self, input, target):
-        one_hot = self._one_hot(input, target)
-        xp = get_namespace(input)
-        n = input.shape[0]
-        self._cache = one_hot * (-self._scale(n))
-        return self._reduce(xp, -(one_hot * input), n)
+        self._check_labels(input, target)
+        return self._call(input, target)

@@ -1,19 +1,30 @@
 """Module, Parameter and Sequential: the containers every layer is built from.
 
-A module's ``forward`` computes its output and keeps what ``backward`` needs;
-``backward(dy)`` returns dL/dx and adds dL/dparam to each parameter's ``.grad``.
+A module holds parameters and calls the pure pairs of ``dlx.nn.functional``: ``forward``
+computes the output and pushes the call's context on the module's stack; ``backward(dy)``
+pops the latest one, returns dL/dx and adds dL/dparam to each parameter's ``.grad``.
+
+Contexts: each forward call keeps its own, so a module called twice before backward keeps
+both (a stack, as PyTorch's graph does: backward runs the calls in reverse order), and a
+backward with no pending forward is an error (a second backward needs a new forward).
+Inside ``dlx.no_grad()`` nothing is kept (inference). A module keeps at most
+``MAX_PENDING_CALLS`` contexts: calls that never get a backward (inference outside
+``no_grad``, finite differences) drop the oldest, so memory stays bounded; a backward that
+would need a dropped context finds none and says so.
 """
 
 from __future__ import annotations
 
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
 from dlx._device import Device, device_of, is_array, to_numpy
 from dlx._device import device as _device
-from dlx.backends.host_random import dtype_name
+from dlx._grad_mode import is_grad_enabled
+from dlx.dtypes import FLOAT_DTYPES, dtype_name
 
-FLOAT_DTYPES = ("float32", "float64")
+#: Contexts one module keeps waiting for backward; a further call drops the oldest.
+MAX_PENDING_CALLS = 16
 
 
 class Parameter:
@@ -99,7 +110,8 @@ class Module:
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "training", True)
         object.__setattr__(self, "_grad_enabled", True)
-        object.__setattr__(self, "_cache", None)
+        # one context per forward call awaiting backward, newest last
+        object.__setattr__(self, "_contexts", deque(maxlen=MAX_PENDING_CALLS))
 
     # ---- registration -------------------------------------------------------------
     def __setattr__(self, name, value):
@@ -158,13 +170,31 @@ class Module:
         else:
             self.backward(dy)
 
-    def _saved(self):
-        """What forward cached for backward; an error if forward has not run."""
-        if self._cache is None:
+    def _keep(self, ctx) -> None:
+        """Keep the context of a forward call for its backward (nothing under ``no_grad``)."""
+        if is_grad_enabled():
+            self._contexts.append(ctx)
+
+    def _pop(self):
+        """The context of the latest forward call not yet used by a backward."""
+        if not self._contexts:
             raise RuntimeError(
-                f"{type(self).__name__}.backward() called before forward(): run the forward pass first"
+                f"{type(self).__name__}.backward() has no forward call to go back through: each "
+                f"forward serves one backward (and a module keeps the latest {MAX_PENDING_CALLS}); "
+                f"run the forward pass (again) first"
             )
-        return self._cache
+        return self._contexts.pop()
+
+    @property
+    def pending_calls(self) -> int:
+        """Forward calls of this module (not its children) still waiting for backward."""
+        return len(self._contexts)
+
+    def release(self) -> None:
+        """Drop the contexts of this module and its children that are waiting for backward
+        (forward calls whose backward will never run)."""
+        for m in self.modules():
+            m._contexts.clear()
 
     # ---- traversal -------------------------------------------------------------------
     def named_modules(self, prefix: str = ""):
@@ -257,7 +287,7 @@ class Module:
                 m._buffers[name] = (target or device_of(b)).asarray(
                     b, dtype=dtype if is_float else None
                 )
-            object.__setattr__(m, "_cache", None)
+            m._contexts.clear()
         return self
 
     def double(self):

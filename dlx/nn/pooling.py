@@ -1,9 +1,10 @@
-"""Pooling (max, average) and nearest-neighbour upsampling over (N, C, H, W) inputs."""
+"""Pooling (max, average) and nearest-neighbour upsampling modules over (N, C, H, W)
+inputs; the math is in ``dlx.nn.functional.pooling``."""
 
 from __future__ import annotations
 
-from dlx._device import device_of, get_namespace
 from dlx.backends.base import pool2d_output_size
+from dlx.nn import functional as F
 from dlx.nn._util import check_input, pair
 from dlx.nn.module import Module
 
@@ -28,7 +29,9 @@ class _Pool2d(Module):
         if oh <= 0 or ow <= 0:
             raise ValueError(f"{type(self).__name__}: input {x.shape[2]}x{x.shape[3]} is smaller "
                              f"than the window {self.kernel_size}")
-        return device_of(x).backend
+
+    def backward(self, dy):
+        return self._op.backward(self._pop(), dy)[0]
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -37,26 +40,25 @@ class _Pool2d(Module):
 class MaxPool2d(_Pool2d):
     """Maximum over each window; the gradient flows to the (first) maximum only."""
 
+    _op = F.max_pool2d
+
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
         super().__init__(kernel_size, stride, padding, ceil_mode)
         if dilation not in (1, (1, 1)):
             raise ValueError("MaxPool2d: dilation other than 1 is not supported")
 
     def forward(self, x):
-        backend = self._check(x)
-        y, argmax = backend.max_pool2d(x, self.kernel_size, self.stride, self.padding)
-        self._cache = (argmax, tuple(x.shape), backend)
+        self._check(x)
+        y, ctx = F.max_pool2d.forward(x, self.kernel_size, self.stride, self.padding)
+        self._keep(ctx)
         return y
-
-    def backward(self, dy):
-        argmax, x_shape, backend = self._saved()
-        return backend.max_pool2d_backward(dy, argmax, x_shape, self.kernel_size, self.stride,
-                                           self.padding)
 
 
 class AvgPool2d(_Pool2d):
     """Mean over each window. ``count_include_pad`` (default, as PyTorch) divides by the
     window area, padding included; False divides by the real input elements only."""
+
+    _op = F.avg_pool2d
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
                  count_include_pad=True):
@@ -64,15 +66,11 @@ class AvgPool2d(_Pool2d):
         self.count_include_pad = bool(count_include_pad)
 
     def forward(self, x):
-        backend = self._check(x)
-        self._cache = (tuple(x.shape), backend)
-        return backend.avg_pool2d(x, self.kernel_size, self.stride, self.padding,
-                                  self.count_include_pad)
-
-    def backward(self, dy):
-        x_shape, backend = self._saved()
-        return backend.avg_pool2d_backward(dy, x_shape, self.kernel_size, self.stride,
-                                           self.padding, self.count_include_pad)
+        self._check(x)
+        y, ctx = F.avg_pool2d.forward(x, self.kernel_size, self.stride, self.padding,
+                                      self.count_include_pad)
+        self._keep(ctx)
+        return y
 
 
 class Upsample(Module):
@@ -97,18 +95,12 @@ class Upsample(Module):
 
     def forward(self, x):
         check_input(self, x, 4, "(N, C, H, W)")
-        xp = get_namespace(x)
-        n, c, h, w = x.shape
-        sh, sw = self.scale_factor
-        self._cache = tuple(x.shape)
-        y = xp.broadcast_to(xp.reshape(x, (n, c, h, 1, w, 1)), (n, c, h, sh, w, sw))
-        return xp.reshape(y, (n, c, h * sh, w * sw))
+        y, ctx = F.upsample_nearest2d.forward(x, self.scale_factor)
+        self._keep(ctx)
+        return y
 
     def backward(self, dy):
-        n, c, h, w = self._saved()
-        xp = get_namespace(dy)
-        sh, sw = self.scale_factor
-        return xp.sum(xp.reshape(dy, (n, c, h, sh, w, sw)), axis=(3, 5))
+        return F.upsample_nearest2d.backward(self._pop(), dy)[0]
 
     def extra_repr(self):
         return f"scale_factor={self.scale_factor}, mode='{self.mode}'"

@@ -19,6 +19,9 @@ class LRScheduler:
     takes step 0, which sets each group's ``initial_lr`` and its starting learning rate.
     """
 
+    #: True for a schedule stepped after every batch (OneCycleLR), False for one stepped once
+    #: an epoch; ``dlx.fit`` reads it to know when to call ``step()``.
+    per_batch = False
     _is_initial = False  # True only during the step the constructor takes
 
     def __init__(self, optimizer: Optimizer, last_epoch: int = -1):
@@ -156,6 +159,8 @@ class OneCycleLR(LRScheduler):
     (``three_phase``: back down to the initial lr first, then to the minimum). With
     ``cycle_momentum`` the momentum (SGD, RMSprop) or ``betas[0]`` (Adam) moves inversely
     between ``max_momentum`` and ``base_momentum``. Step it after every batch."""
+
+    per_batch = True
 
     def __init__(
         self,

@@ -1,6 +1,5 @@
-"""Testing helpers: ``gradcheck`` (float64 central differences against a module's
-backward) and ``xp_assert_close`` (array comparison across devices, tolerances per dtype).
-"""
+"""``gradcheck`` (float64 central differences against a module's backward) and
+``xp_assert_close`` (array comparison across devices, tolerances per dtype)."""
 
 from __future__ import annotations
 
@@ -8,7 +7,7 @@ import numpy as np
 
 from dlx._device import device_of, to_numpy
 from dlx._random import manual_seed
-from dlx.backends.host_random import dtype_name
+from dlx.dtypes import dtype_name
 
 # (rtol, atol) used when none are given
 DEFAULT_TOLERANCES = {"float32": (1e-5, 1e-6), "float64": (1e-10, 1e-12)}
@@ -99,9 +98,9 @@ def gradcheck(module, x, *extra, eps=1e-6, rtol=1e-5, atol=1e-7, seed=0, check_p
         bound = atol + rtol * np.abs(numeric)
         if not np.all(err <= bound):
             i = int(np.argmax(err - bound))
-            idx = np.unravel_index(i, numeric.shape)
+            idx = [int(k) for k in np.unravel_index(i, numeric.shape)]
             raise AssertionError(
-                f"gradcheck {type(module).__name__}: d/d{name}{list(idx)} analytic "
+                f"gradcheck {type(module).__name__}: d/d{name}{idx} analytic "
                 f"{got.reshape(-1)[i]:.10g} vs numeric {numeric.reshape(-1)[i]:.10g} "
                 f"(max abs error {err.max():.3g})"
             )

@@ -1,0 +1,59 @@
+"""The affine map and the shape-only ops: linear, reshape (Flatten, Unflatten), identity."""
+
+from __future__ import annotations
+
+from dlx._device import get_namespace
+from dlx.nn.functional._op import op
+
+
+@op
+class linear:
+    """y = x W^T + b.  x (*, in), W (out, in), b (out,) or None -> y (*, out).
+
+    backward(ctx, dy, need_dx=True, need_params=True) -> (dx, dW, db); dx is None unless
+    ``need_dx`` (the first layer of a model needs none), dW and db unless ``need_params``.
+    """
+
+    def forward(x, weight, bias=None):
+        xp = get_namespace(x)
+        out_features, in_features = weight.shape
+        x2 = xp.reshape(x, (-1, in_features))
+        y = xp.matmul(x2, weight.T)
+        if bias is not None:
+            y = y + bias
+        return xp.reshape(y, (*x.shape[:-1], out_features)), (x2, tuple(x.shape), weight, bias is not None)
+
+    def backward(saved, dy, need_dx=True, need_params=True):
+        x2, x_shape, weight, has_bias = saved
+        xp = get_namespace(dy)
+        dy2 = xp.reshape(dy, (-1, weight.shape[0]))
+        dw = db = dx = None
+        if need_params:
+            dw = xp.matmul(dy2.T, x2)
+            if has_bias:
+                db = xp.sum(dy2, axis=0)
+        if need_dx:
+            dx = xp.reshape(xp.matmul(dy2, weight), x_shape)
+        return dx, dw, db
+
+
+@op
+class reshape:
+    """x viewed with another shape of the same size; backward restores the input's shape."""
+
+    def forward(x, shape):
+        return get_namespace(x).reshape(x, tuple(shape)), tuple(x.shape)
+
+    def backward(x_shape, dy):
+        return (get_namespace(dy).reshape(dy, x_shape),)
+
+
+@op
+class identity:
+    """y = x."""
+
+    def forward(x):
+        return x, None
+
+    def backward(_, dy):
+        return (dy,)
