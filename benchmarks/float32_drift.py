@@ -56,7 +56,6 @@ def _nudging(cls, eps: float, seed: int):
 
 def run(args) -> int:
     import dlx.cli
-    import dlx.gan
 
     argv = list(args.dlx_args)
     if argv and argv[0] == "--":
@@ -71,9 +70,9 @@ def run(args) -> int:
 
         # every model the two commands build: LeNet-5 for train, the GAN pair for gan
         models.LeNet5 = _nudging(models.LeNet5, args.perturb, args.seed)
-        dlx.gan.MODELS = {name: (_nudging(g, args.perturb, args.seed),
-                                 _nudging(d, args.perturb, args.seed + 1))
-                          for name, (g, d) in dlx.gan.MODELS.items()}
+        models.GAN_MODELS = {name: (_nudging(g, args.perturb, args.seed),
+                                    _nudging(d, args.perturb, args.seed + 1))
+                             for name, (g, d) in models.GAN_MODELS.items()}
     return dlx.cli.main(argv + ["--out", args.out])
 
 

@@ -55,7 +55,7 @@ print('dlx.device(\"cuda\") ->', dev, dev.xp.__name__)
 
 # -- 03: the CUDA tests (pytest -m cuda); on failure, rerun the failures with DLX_CUDA_SYNC=1 --
 # Without pytest or array-api-compat (dlx.device("cuda") needs it, so every cuda test would
-# skip), the kernels are checked against the reference by selfcheck instead.
+# skip), the kernels are checked against the reference by tests/cuda_selfcheck.py instead.
 if ! has array_api_compat; then
     echo "WARNING: array-api-compat is missing: dlx.device('cuda') cannot work here and the" \
          "cuda tests would all skip; carry a wheelhouse (see the top of this script)" | tee -a "$SUMMARY"
@@ -67,7 +67,7 @@ if has pytest && has array_api_compat; then
         stage 03b_pytest_cuda_failed_sync 60 env DLX_CUDA_SYNC=1 "$PY" -m pytest -m cuda --lf -x -q -rfE
     fi
 else
-    stage 03_selfcheck 240 "$PY" -m dlx.backends.cuda.selfcheck --count 150
+    stage 03_selfcheck 240 "$PY" tests/cuda_selfcheck.py --count 150
 fi
 
 # -- 04: per-kernel benchmark ------------------------------------------------------------------

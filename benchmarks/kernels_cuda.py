@@ -18,6 +18,7 @@ import json
 import platform
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -258,7 +259,8 @@ def _bench_pool(cp, backend, torch, record, rs, s):
 def run(batches, repeat, warmup, only=None):
     import cupy as cp
     from dlx.backends.cuda import cuda_info
-    from dlx.backends.cuda.selfcheck import cuda_backend
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from cuda_selfcheck import cuda_backend  # tests/cuda_selfcheck.py
 
     backend = cuda_backend()
     torch, torch_note = _load_torch()

@@ -26,11 +26,12 @@ __version__ = "0.1.0"
 float32 = "float32"
 float64 = "float64"
 
-_SUBMODULES = ("data", "digits", "gan", "init", "metrics", "models", "nn", "optim", "testing", "viz")
+# The framework's submodules; the applications built on it are imported as dlx.apps.digits, dlx.apps.viz.
+_SUBMODULES = ("data", "init", "metrics", "models", "nn", "optim", "testing", "training")
 _LAZY = {  # name -> module that defines it, imported on first use
     "save": "dlx.serialization", "load": "dlx.serialization",
-    "fit": "dlx.training", "evaluate": "dlx.training", "History": "dlx.training",
-    "Callback": "dlx.training", "Checkpoint": "dlx.training", "EarlyStopping": "dlx.training",
+    **dict.fromkeys(("fit", "evaluate", "History", "Callback", "Checkpoint", "EarlyStopping"),
+                    "dlx.training.supervised"),
 }
 
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from dlx._grad_mode import no_grad
+from dlx.nn import functional as F
+
 __all__ = ["classifier_scores", "frechet_distance", "inception_score", "softmax"]
 
 #: Mean and std of the MNIST training pixels, as the classifier was trained with.
@@ -18,11 +21,8 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
 def softmax(logits) -> np.ndarray:
-    """Row-wise softmax of (N, C) logits, float64."""
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    """Row-wise softmax of (N, C) logits, float64 (``F.softmax`` of the float64 copy)."""
+    return F.softmax(np.asarray(logits, dtype=np.float64), dim=1)
 
 
 def inception_score(probs, splits: int = 1, return_std: bool = False):
@@ -133,7 +133,8 @@ def classifier_scores(classifier, images, batch_size: int = 500, device=None):
     try:
         for lo in range(0, n, batch_size):
             x = dev.asarray(images[lo:min(lo + batch_size, n), ...], dtype="float32")
-            out.append(to_numpy(classifier((x - MNIST_MEAN) / MNIST_STD)).astype(np.float64))
+            with no_grad():
+                out.append(to_numpy(classifier((x - MNIST_MEAN) / MNIST_STD)).astype(np.float64))
     finally:
         classifier.train(was_training)
     logits = np.concatenate(out)

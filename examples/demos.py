@@ -43,7 +43,8 @@ def _predict(model, x):
     import dlx
 
     model.eval()
-    out = dlx.to_numpy(model(dlx.asarray(x, device=model.device)))
+    with dlx.no_grad():
+        out = dlx.to_numpy(model(dlx.asarray(x, device=model.device)))
     model.train()
     return out
 

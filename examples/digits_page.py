@@ -4,7 +4,7 @@
     python examples/digits_page.py --data-dir .data --pages 0        # every test digit once
 
 Each page holds 20-40 MNIST test digits (each used once, in a seeded shuffle), scaled to
-30-60 px, blurred, dark ink on unevenly lit paper with noise (dlx.digits.synthetic_page).
+30-60 px, blurred, dark ink on unevenly lit paper with noise (dlx.apps.digits.synthetic_page).
 The first page is written as OUT/page.png and run through the command itself
 (`dlx digits OUT/page.png --model CKPT --out OUT/annotated.png`); then every page is read
 by the same pipeline and scored against its truth: a digit is *found* when a box matches
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     import numpy as np
 
     import dlx
-    from dlx import digits as D
+    from dlx.apps import digits as D
     from dlx.cli import main as dlx_main
 
     if args.npz:

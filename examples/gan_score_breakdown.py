@@ -20,9 +20,11 @@ import numpy as np
 
 import dlx
 from dlx import metrics
+from dlx.cli.gan import load_classifier
 from dlx.data import MNIST
-from dlx.gan import MODELS, _load_classifier, sample
+from dlx.models import GAN_MODELS
 from dlx.serialization import read
+from dlx.training import sample
 
 
 def breakdown(probs: np.ndarray) -> dict:
@@ -51,11 +53,11 @@ def main(argv=None) -> int:
     dev = dlx.device(args.device)
     meta = read(args.generator)[0].get("meta", {})
     gen_args = meta.get("args", {})
-    gen_cls = MODELS[meta.get("architecture", "dcgan")][0]
+    gen_cls = GAN_MODELS[meta.get("architecture", "dcgan")][0]
     width = {} if gen_args.get("channels") is None else {"channels": gen_args["channels"]}
     generator = gen_cls(latent_dim=meta.get("latent_dim", 100), device=dev, **width)
     dlx.load(args.generator, generator, restore_rng=False)
-    classifier = _load_classifier(args.classifier, dev)
+    classifier = load_classifier(args.classifier, dev)
 
     test = MNIST(root=args.data_dir, train=False)
     z = np.random.default_rng(args.seed).standard_normal((args.num, generator.latent_dim))

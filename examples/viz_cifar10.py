@@ -1,4 +1,4 @@
-"""Seeing inside the trained CIFAR-10 LeNet-5 with dlx.viz (Zeiler & Fergus 2014).
+"""Seeing inside the trained CIFAR-10 LeNet-5 with dlx.apps.viz (Zeiler & Fergus 2014).
 
     python examples/viz_cifar10.py --data-dir .data --out runs/viz_cifar10
 
@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # as dlx.cli.NORMALIZATION
+MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # as dlx.cli.common.NORMALIZATION
 DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                   "lenet5_cifar10_aug", "model.npz")
 
@@ -58,9 +58,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import dlx
-    from dlx import viz
+    from dlx.apps import viz
     from dlx.data import CIFAR10
     from dlx.models import LeNet5
+    from dlx.nn import functional as F
 
     t_start = time.perf_counter()
     dev = dlx.device(args.device)
@@ -75,9 +76,9 @@ def main(argv=None) -> int:
     x_np = ((test.data[idx].astype(np.float32) / 255 - mean) / std).transpose(0, 3, 1, 2)
     x = dlx.asarray(np.ascontiguousarray(x_np), device=dev)
     shown = viz.to_display(x, MEAN, STD)
-    logits = dlx.to_numpy(model(x)).astype(np.float64)
-    probs = np.exp(logits - logits.max(1, keepdims=True))
-    probs /= probs.sum(1, keepdims=True)
+    with dlx.no_grad():
+        logits = dlx.to_numpy(model(x)).astype(np.float64)
+    probs = F.softmax(logits, dim=1)
     preds = probs.argmax(1)
     titles = [f"{classes[y]}\npred {classes[p]} ({probs[k, p]:.2f})"
               for k, (y, p) in enumerate(zip(labels, preds))]
@@ -124,9 +125,9 @@ def main(argv=None) -> int:
                                              steps=args.steps, lr=0.05, l2=1e-2, blur=0.3,
                                              bounds=(lo, hi), seed=args.seed, device=dev)
     timings["activation_maximisation"] = time.perf_counter() - t
-    am_logits = dlx.to_numpy(model(dlx.asarray(am, device=dev))).astype(np.float64)
-    am_probs = np.exp(am_logits - am_logits.max(1, keepdims=True))
-    am_probs /= am_probs.sum(1, keepdims=True)
+    with dlx.no_grad():
+        am_logits = dlx.to_numpy(model(dlx.asarray(am, device=dev))).astype(np.float64)
+    am_probs = F.softmax(am_logits, dim=1)
     am_titles = [f"{c}\nlogit {scores[-1, k]:.1f}, p {am_probs[k, k]:.2f}" for k, c in enumerate(classes)]
     written.append(viz.plot_activation_maximisation(
         viz.to_display(am, MEAN, STD), out("activation_maximisation.png"), titles=am_titles,

@@ -593,7 +593,7 @@ def _configure(monkeypatch, kernels, mode):
 def test_emulated_conv2d(emu, dtype, mode, monkeypatch):
     backend, kernels = emu
     _configure(monkeypatch, kernels, mode)
-    from dlx.backends.cuda import selfcheck
+    import cuda_selfcheck as selfcheck  # tests/cuda_selfcheck.py
 
     cases = selfcheck.conv_cases(seed=1 + (mode == "tight"), count=16, max_size=9)
     cases.append({"x": (3, 5, 7, 6), "w": (6, 5, 3, 2), "stride": (2, 1), "padding": (1, 2),
@@ -607,7 +607,7 @@ def test_emulated_conv2d(emu, dtype, mode, monkeypatch):
 def test_emulated_conv2d_full_blocks(emu):
     """The launchers' own 256-thread blocks (8 warps in the block reductions)."""
     backend, _ = emu
-    from dlx.backends.cuda import selfcheck
+    import cuda_selfcheck as selfcheck  # tests/cuda_selfcheck.py
 
     case = {"x": (3, 5, 7, 6), "w": (6, 5, 3, 2), "stride": (2, 1), "padding": (1, 2),
             "dilation": (2, 1), "bias": True}
@@ -621,7 +621,7 @@ def test_emulated_pooling(emu, dtype, mode, monkeypatch):
     _configure(monkeypatch, kernels, mode)
     if mode == "default":
         monkeypatch.setattr(kernels, "BLOCK", 256)
-    from dlx.backends.cuda import selfcheck
+    import cuda_selfcheck as selfcheck  # tests/cuda_selfcheck.py
 
     cases = selfcheck.pool_cases(seed=3 + (mode == "tight"), count=15, max_size=11)
     cases.append({"x": (2, 3, 17, 15), "kernel": (3, 3), "stride": (2, 2), "padding": (1, 1),
@@ -632,7 +632,7 @@ def test_emulated_pooling(emu, dtype, mode, monkeypatch):
 
 def test_emulated_max_pool_nan_and_inf(emu):
     backend, _ = emu
-    from dlx.backends.cuda import selfcheck
+    import cuda_selfcheck as selfcheck  # tests/cuda_selfcheck.py
 
     _, ref_pool = selfcheck._reference()
     x = np.array([[[[1.0, np.nan, 3.0, np.nan], [-np.inf, -np.inf, 0.0, 2.0]]]], dtype=np.float32)

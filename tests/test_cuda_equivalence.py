@@ -27,8 +27,8 @@ from conftest import HAS_CUDA
 
 import dlx
 from dlx import nn, optim
-from dlx.gan import DCGANDiscriminator, DCGANGenerator, gan_step
-from dlx.models import LeNet5
+from dlx.models import DCGANDiscriminator, DCGANGenerator, LeNet5
+from dlx.training import gan_step
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="no usable CUDA GPU (CuPy)")]
 

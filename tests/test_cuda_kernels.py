@@ -3,7 +3,7 @@ same inputs): a few hundred seeded random shapes (odd sizes, stride, padding, di
 tie-free pooling inputs), large shapes that need several grid-stride passes, chunked weight
 staging and split reductions, float32 and float64, and bit-identical results when run twice.
 
-Tolerances (selfcheck.TOL): float32 rtol 1e-4, atol 1e-5 x max(1, max |want|); float64 rtol
+Tolerances (cuda_selfcheck.TOL): float32 rtol 1e-4, atol 1e-5 x max(1, max |want|); float64 rtol
 1e-10, atol 1e-12 x max(1, max |want|); max-pool values and argmax exact. Skipped cleanly
 where CuPy or a GPU is missing; tests/test_cuda_compile.py covers what needs no GPU.
 """
@@ -24,7 +24,8 @@ try:
 except dlx.DeviceError as e:  # pragma: no cover - depends on the machine
     pytest.skip(f"no usable CUDA GPU: {e}", allow_module_level=True)
 
-from dlx.backends.cuda import cuda_info, kernels, selfcheck  # noqa: E402
+import cuda_selfcheck as selfcheck  # noqa: E402  (tests/cuda_selfcheck.py)
+from dlx.backends.cuda import cuda_info, kernels  # noqa: E402
 
 DTYPES = ("float32", "float64")
 N_RANDOM = 150  # random cases per family and dtype: 600 in all

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import dlx
-from dlx import digits as D
+from dlx.apps import digits as D
 from dlx.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -256,7 +256,7 @@ def test_synthetic_page_matches_its_description(mnist300):
     assert 0.59 <= paper.min() and paper.max() <= 1.0 and paper.max() - paper.min() > 0.3
     for a in range(40):  # boxes do not overlap
         for b in range(a):
-            assert D._iou(boxes[a], boxes[b]) == 0
+            assert D.pictures._iou(boxes[a], boxes[b]) == 0
     with pytest.raises(ValueError, match="do not fit"):
         D.synthetic_page(np.repeat(images[:1], 60, 0), np.zeros(60), rng)
 
@@ -270,7 +270,7 @@ def test_score_page_counts():
 
 def test_reading_order_is_lines_left_to_right():
     boxes = [(100, 12, 120, 40), (10, 0, 30, 30), (50, 90, 70, 120), (200, 5, 220, 35), (5, 100, 25, 130)]
-    assert D._reading_order(boxes) == [1, 0, 3, 4, 2]
+    assert D.reader._reading_order(boxes) == [1, 0, 3, 4, 2]
 
 
 # ---- images and the command ---------------------------------------------------------------------------

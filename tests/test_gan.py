@@ -11,18 +11,10 @@ import pytest
 
 import dlx
 from dlx import metrics, optim
-from dlx.gan import (
-    DCGANDiscriminator,
-    DCGANGenerator,
-    MLPDiscriminator,
-    MLPGenerator,
-    add_gan_parser,
-    gan_command,
-    gan_step,
-    sample,
-    train_gan,
-)
+from dlx.cli import gan as gan_cli
+from dlx.models import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator
 from dlx.testing import gradcheck
+from dlx.training import gan_step, sample, train_gan
 
 METHODS = ["eigh", pytest.param("scipy", marks=pytest.mark.skipif(
     __import__("importlib").util.find_spec("scipy") is None, reason="scipy not installed"))]
@@ -302,7 +294,7 @@ def test_train_gan_history_and_callback():
 
 def _parse(argv):
     parser = argparse.ArgumentParser(prog="dlx")
-    add_gan_parser(parser.add_subparsers(dest="command"))
+    gan_cli.register(parser.add_subparsers(dest="command"))
     return parser.parse_args(["gan", *argv])
 
 
@@ -315,7 +307,7 @@ def test_gan_command_writes_samples_scores_checkpoints(mnist_dir, tmp_path, caps
     args = _parse(["--model", "mlp", "--epochs", "2", "--batch-size", "32", "--data-dir",
                    str(mnist_dir), "--out", str(out), "--classifier", str(clf_path),
                    "--num-eval", "40", "--quiet", "--seed", "3"])
-    assert gan_command(args) == 0
+    assert gan_cli.run(args) == 0
     assert "IS" in capsys.readouterr().out
     report = json.loads((out / "scores.json").read_text())
     assert report["real_test"]["num_images"] == 40 and len(report["epochs"]) == 2
@@ -337,22 +329,22 @@ def test_gan_command_dcgan_and_errors(mnist_dir, tmp_path):
     out = tmp_path / "dc"
     args = _parse(["--epochs", "1", "--batch-size", "16", "--limit", "32", "--data-dir",
                    str(mnist_dir), "--out", str(out), "--quiet"])
-    assert gan_command(args) == 0
+    assert gan_cli.run(args) == 0
     dlx.load(out / "generator.npz", DCGANGenerator(), restore_rng=False)
     assert json.loads((out / "scores.json").read_text())["epochs"][0]["epoch"] == 1
     with pytest.raises(SystemExit):  # argparse refuses it (dlx's parser: a one-line UsageError)
         _parse(["--epochs", "0"])
     with pytest.raises(ValueError, match="--limit"):
-        gan_command(_parse(["--limit", "8", "--data-dir", str(mnist_dir), "--out", str(out)]))
+        gan_cli.run(_parse(["--limit", "8", "--data-dir", str(mnist_dir), "--out", str(out)]))
     cifar = tmp_path / "cifar.npz"
     dlx.save(cifar, LeNet5(), dataset="cifar10")
     with pytest.raises(ValueError, match="cifar10"):
-        gan_command(_parse(["--classifier", str(cifar), "--data-dir", str(mnist_dir),
+        gan_cli.run(_parse(["--classifier", str(cifar), "--data-dir", str(mnist_dir),
                             "--out", str(out)]))
 
 
 def test_ema_update_is_the_moving_average(dev):
-    from dlx.gan import copy_buffers_, ema_update_
+    from dlx.training import copy_buffers_, ema_update_
 
     g, avg = DCGANGenerator(channels=4, device=dev), DCGANGenerator(channels=4, device=dev)
     before = [dlx.to_numpy(p.data).astype(np.float64) for p in avg.parameters()]
@@ -375,7 +367,7 @@ def test_gan_command_ema_and_channels(mnist_dir, tmp_path):
     args = _parse(["--epochs", "1", "--batch-size", "16", "--limit", "32", "--channels", "8",
                    "--ema", "0.5", "--data-dir", str(mnist_dir), "--out", str(out), "--quiet",
                    "--classifier", str(clf_path), "--num-eval", "20"])
-    assert gan_command(args) == 0
+    assert gan_cli.run(args) == 0
     row = json.loads((out / "scores.json").read_text())["epochs"][0]
     assert {"inception_score", "frechet_distance", "inception_score_live",
             "frechet_distance_live"} <= set(row)
@@ -390,7 +382,7 @@ def test_gan_command_ema_and_channels(mnist_dir, tmp_path):
     with pytest.raises(SystemExit):
         _parse(["--ema", "1.5"])
     with pytest.raises(ValueError, match="--channels"):
-        gan_command(_parse(["--model", "mlp", "--channels", "8", "--data-dir", str(mnist_dir),
+        gan_cli.run(_parse(["--model", "mlp", "--channels", "8", "--data-dir", str(mnist_dir),
                             "--out", str(out)]))
 
 
@@ -401,7 +393,7 @@ def test_gan_command_cosine_schedule(mnist_dir, tmp_path):
     args = _parse(["--epochs", "4", "--batch-size", "16", "--limit", "32", "--channels", "4",
                    "--lr", "0.001", "--schedule", "cosine", "--data-dir", str(mnist_dir),
                    "--out", str(out), "--quiet"])
-    assert gan_command(args) == 0
+    assert gan_cli.run(args) == 0
     lrs = [row["lr"] for row in json.loads((out / "scores.json").read_text())["epochs"]]
     expected = [0.001 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)]
     np.testing.assert_allclose(lrs, expected, rtol=1e-12)

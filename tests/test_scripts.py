@@ -60,8 +60,7 @@ def test_demos_reach_their_figures(tmp_path, capsys):
 
 def test_gan_score_breakdown_example(mnist_dir, tmp_path, capsys):
     import dlx
-    from dlx.gan import DCGANGenerator
-    from dlx.models import LeNet5
+    from dlx.models import DCGANGenerator, LeNet5
 
     mod = _load("gan_score_breakdown")
     certain = mod.breakdown(np.tile(np.eye(10), (3, 1)))  # every class, each read with certainty
@@ -92,13 +91,12 @@ def test_gan_score_breakdown_example(mnist_dir, tmp_path, capsys):
 
 def test_drift_run_nudges_weights_and_compare_reports_gaps(mnist_dir, tmp_path, monkeypatch, capsys):
     import dlx
-    import dlx.gan
     from dlx import models
 
     drift = _load("float32_drift", "benchmarks")
     # the patches `run` makes to the model classes are undone after the test
     monkeypatch.setattr(models, "LeNet5", models.LeNet5)
-    monkeypatch.setattr(dlx.gan, "MODELS", dict(dlx.gan.MODELS))
+    monkeypatch.setattr(models, "GAN_MODELS", dict(models.GAN_MODELS))
     argv = ["--", "train", "lenet5", "--dataset", "mnist", "--data-dir", str(mnist_dir),
             "--epochs", "2", "--batch-size", "32", "--quiet"]
     for name, eps in (("plain", "0"), ("again", "0"), ("nudged", "1e-3")):

@@ -1,7 +1,9 @@
 """Checks the CUDA kernels against the reference backend on seeded random cases: the body of
-tests/test_cuda_kernels.py (on a GPU) and of the CPU emulation test, and a quick check by hand:
+tests/test_cuda_kernels.py (on a GPU) and of the CPU emulation tests in
+tests/test_cuda_compile.py, and a quick check by hand (benchmarks/gpu_check.sh runs it where
+pytest cannot):
 
-    python -m dlx.backends.cuda.selfcheck [--count 200]
+    python tests/cuda_selfcheck.py [--count 200]
 
 The reference runs in float64 on NumPy copies of the same inputs. Tolerances, per dtype:
 |got - want| <= rtol * |want| + atol * max(1, max |want|), with (rtol, atol) from ``TOL``.
@@ -11,8 +13,7 @@ Max-pool outputs and argmax must be exact (the inputs have no ties).
 from __future__ import annotations
 
 import numpy as np
-
-from ..base import conv2d_output_size, pool2d_output_size
+from dlx.backends.base import conv2d_output_size, pool2d_output_size
 
 TOL = {"float32": (1e-4, 1e-5), "float64": (1e-10, 1e-12)}
 
@@ -86,7 +87,7 @@ def pool_cases(seed: int = 0, count: int = 200, max_size: int = 13) -> list[dict
 
 
 def _reference():
-    from ..reference import conv, pooling
+    from dlx.backends.reference import conv, pooling
 
     return conv, pooling
 
@@ -201,8 +202,8 @@ def check_pool(backend, case, dtype, seed=0, repeat=False, index=0) -> None:
 def cuda_backend():
     """The CUDA backend; without array-api-compat (which only the layers need), one whose xp is
     cupy itself, so the kernels can still be checked and timed."""
-    from ..base import DeviceError
-    from . import CUDABackend
+    from dlx.backends.base import DeviceError
+    from dlx.backends.cuda import CUDABackend
 
     try:
         return CUDABackend()

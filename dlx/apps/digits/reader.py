@@ -1,20 +1,16 @@
-"""Handwritten digits in a photo: find each digit on a page, cut it out the way MNIST's
-digits were made, read it with an MNIST-trained model and draw the readings.
+"""Reading handwritten digits on a page, in NumPy: find each digit, cut it out the way
+MNIST's digits were made, and read it with an MNIST-trained model.
 
     boxes, crops = find_digits(image)            # image: (H, W) grey in [0, 1], dark ink
     results = read_digits(image, model)          # [(box, digit, confidence), ...]
-    annotate(image, results, "annotated.png")
 
 The page is flattened first (divided by a smooth estimate of the paper's brightness, so
 uneven light does not matter), thresholded (Otsu, with a floor above the paper's noise),
 split into connected components, and fragments of one digit are merged. Each digit is then
 size-normalised into a 20x20 box (aspect ratio kept, anti-aliased) and placed in 28x28 with
 its centre of mass at pixel (14, 14), white ink on black, as in MNIST. Boxes are
-``(x0, y0, x1, y1)`` in pixels, half-open: columns x0..x1-1, rows y0..y1-1.
-
-``synthetic_page`` makes test pages from MNIST digits (scaled, blurred, dark ink on
-unevenly lit paper, noise) with their true boxes; ``score_page`` counts what was found
-and read. Plain NumPy throughout; Pillow reads images, matplotlib draws them.
+``(x0, y0, x1, y1)`` in pixels, half-open: columns x0..x1-1, rows y0..y1-1. Reading and
+drawing picture files is in ``pictures.py``.
 """
 
 from __future__ import annotations
@@ -23,37 +19,16 @@ import os
 
 import numpy as np
 
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # the training normalisation (dlx.cli.NORMALIZATION)
-PLOTS_HINT = 'pip install "dlx[plots]"'
+from dlx._device import asarray, device_of, to_numpy
+from dlx._grad_mode import no_grad
+from dlx.nn import functional as F
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # the training normalisation (dlx.cli.common.NORMALIZATION)
 MAX_MARKS = 1500  # marks considered per page (merging compares every pair)
 
 
-# ---- images in and out ------------------------------------------------------------------------
-def load_image(path) -> np.ndarray:
-    """A picture file (PNG, JPEG, ... anything Pillow reads) as grey float32 (H, W) in [0, 1]."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"image {path!r} does not exist")
-    try:
-        from PIL import Image, ImageOps, UnidentifiedImageError
-    except ImportError:
-        raise ImportError(f"reading images needs Pillow: {PLOTS_HINT}") from None
-    try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)  # phone photos store their rotation in EXIF
-            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                im = im.convert("RGBA")
-                white = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                im = Image.alpha_composite(white, im)  # transparent = paper, not black
-            grey = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise ValueError(f"{path!r} is not an image Pillow can read ({type(e).__name__}: {e})") from None
-    if grey.ndim != 2 or min(grey.shape) < 8:
-        raise ValueError(f"{path!r}: image of shape {grey.shape} is too small to hold digits")
-    return grey
-
-
-def _as_grey(image) -> np.ndarray:
+# ---- grey images ------------------------------------------------------------------------------
+def as_grey(image) -> np.ndarray:
     """(H, W) float32 in [0, 1] from grey or colour, floats in [0, 1] or integers 0..255."""
     img = np.asarray(image)
     if img.ndim == 3 and img.shape[2] in (3, 4):
@@ -129,7 +104,7 @@ def background(image: np.ndarray, block: int | None = None) -> np.ndarray:
 def ink_map(image, invert: bool = False) -> np.ndarray:
     """How dark each pixel is relative to the paper around it: 0 on paper, ~1 for black ink.
     ``invert=True`` for light ink on a dark ground."""
-    img = _as_grey(image)
+    img = as_grey(image)
     if invert:
         img = 1.0 - img
     bg = np.maximum(background(img), 1e-3)
@@ -392,19 +367,16 @@ def load_mnist_model(path, device=None):
 def classify(crops: np.ndarray, model, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
     """(digits, confidences) for MNIST-style crops (N, 28, 28) in [0, 1]: the model's
     arg-max class and its softmax probability."""
-    import dlx
-
     crops = np.asarray(crops, np.float32).reshape(-1, 1, 28, 28)
     if len(crops) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    dev = dlx.device_of(next(iter(model.parameters())).data)
+    dev = device_of(next(iter(model.parameters())).data)
     logits = []
-    for i in range(0, len(crops), batch_size):
-        x = (crops[i:i + batch_size] - MNIST_MEAN) / MNIST_STD
-        logits.append(dlx.to_numpy(model(dlx.asarray(x, device=dev))))
-    z = np.concatenate(logits).astype(np.float64)
-    p = np.exp(z - z.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)
+    with no_grad():
+        for i in range(0, len(crops), batch_size):
+            x = (crops[i:i + batch_size] - MNIST_MEAN) / MNIST_STD
+            logits.append(to_numpy(model(asarray(x, device=dev))))
+    p = F.softmax(np.concatenate(logits).astype(np.float64), dim=1)
     return p.argmax(axis=1), p.max(axis=1).astype(np.float32)
 
 
@@ -413,141 +385,3 @@ def read_digits(image, model, *, invert: bool = False) -> list[tuple[tuple[int, 
     boxes, crops = find_digits(image, invert=invert)
     digits, conf = classify(crops, model)
     return [(box, int(d), float(c)) for box, d, c in zip(boxes, digits, conf)]
-
-
-# ---- the picture ----------------------------------------------------------------------------
-def annotate(image, results, path) -> str:
-    """Write ``image`` with a box and the predicted digit per result (``read_digits``'s
-    list) to the PNG ``path``, at the image's own resolution (enlarged to at least 800 px
-    wide), with a white band on top when a label would not fit above its box. Labels are
-    blue, or orange with the confidence when it is under 0.9."""
-    try:
-        from matplotlib.patches import Rectangle
-
-        from dlx.plots import _pyplot, save_figure
-
-        plt = _pyplot()
-    except ImportError:
-        raise ImportError(f"drawing the annotated image needs matplotlib: {PLOTS_HINT}") from None
-    img = _as_grey(image)
-    H, W = img.shape
-    dpi, zoom = 100, max(1.0, 800 / W)
-    heights = [b[3] - b[1] for b, _, _ in results]
-    label_px = float(np.clip(0.4 * np.median(heights), 10 / zoom, 40)) if heights else 12.0
-    size = label_px * zoom * 72 / dpi  # points
-    top = min([b[1] for b, _, _ in results], default=H)
-    band = int(np.ceil(max(0.0, label_px + 4 - top)))
-    fig = plt.figure(figsize=(W * zoom / dpi, (H + band) * zoom / dpi), dpi=dpi)
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.imshow(img, cmap="gray", vmin=0, vmax=1, interpolation="antialiased")
-    ax.set_axis_off()
-    for (x0, y0, x1, y1), digit, conf in results:
-        color = "#1f77b4" if conf >= 0.9 else "#ff7f0e"
-        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, lw=1.6, ec=color))
-        ax.text(x0 - 0.5, y0 - 1.5, f"{digit}" if conf >= 0.9 else f"{digit} {conf:.2f}", color="white",
-                fontsize=size, fontweight="bold", va="bottom", ha="left",
-                bbox={"boxstyle": "square,pad=0.1", "fc": color, "ec": "none", "alpha": 0.85})
-    ax.set_xlim(-0.5, W - 0.5)
-    ax.set_ylim(H - 0.5, -0.5 - band)
-    return save_figure(fig, path, dpi=dpi, tight=False, facecolor="white")
-
-
-def save_image(image, path) -> str:
-    """A grey image in [0, 1] as an 8-bit PNG (Pillow)."""
-    try:
-        from PIL import Image
-    except ImportError:
-        raise ImportError(f"writing images needs Pillow: {PLOTS_HINT}") from None
-    Image.fromarray(np.round(np.clip(_as_grey(image), 0, 1) * 255).astype(np.uint8), mode="L").save(path)
-    return str(path)
-
-
-# ---- test pages ------------------------------------------------------------------------------
-def synthetic_page(digits, labels, rng, *, size=(600, 800), heights=(30, 60), blur=1.0,
-                   paper=(0.6, 1.0), ink=(0.1, 0.3), noise=0.03):
-    """A photographed page of handwritten digits made from MNIST images, with its truth.
-
-    Each of ``digits`` (N, 28, 28) uint8 is scaled so that its ink is ``heights`` pixels
-    tall (uniform at random; as wide, for the rare digit wider than tall) and put in its own
-    cell of a grid, at a random place leaving at least 10 % of the cell on each side. It is
-    drawn in dark ink (grey level uniform in ``ink``, per digit) on paper whose brightness
-    varies smoothly over ``paper`` (a linear gradient in a random direction plus a vignette
-    around a random centre), blurred by a Gaussian of ``blur`` pixels, with Gaussian noise
-    of std ``noise``. Returns (page (H, W) float32 in [0, 1], boxes (N, 4) int as
-    x0, y0, x1, y1 of each digit's visible ink, labels (N,)).
-    """
-    digits = np.asarray(digits)
-    labels = np.asarray(labels)
-    H, W = size
-    n = len(digits)
-    cell = int(np.ceil(heights[1] * 1.6))
-    rows, cols = H // cell, W // cell
-    if n > rows * cols:
-        raise ValueError(f"synthetic_page: {n} digits do not fit on a {H}x{W} page "
-                         f"({rows}x{cols} cells of {cell} px for digits up to {heights[1]} px)")
-    ch, cw = H // rows, W // cols
-    cells = rng.choice(rows * cols, size=n, replace=False)
-    coverage = np.zeros((H, W), np.float32)
-    darkness = np.zeros((H, W), np.float32)
-    boxes = np.zeros((n, 4), np.int64)
-    for k, (img, c) in enumerate(zip(digits, cells)):
-        a = img.astype(np.float32) / 255.0
-        r_ = np.nonzero(a.max(axis=1) > 0.1)[0]
-        c_ = np.nonzero(a.max(axis=0) > 0.1)[0]
-        if len(r_) == 0:
-            raise ValueError(f"synthetic_page: digit {k} has no ink")
-        a = a[max(r_[0] - 1, 0):r_[-1] + 2, max(c_[0] - 1, 0):c_[-1] + 2]  # ink plus 1 px of edge
-        s = rng.uniform(*heights) / max(r_[-1] - r_[0] + 1, c_[-1] - c_[0] + 1)
-        a = np.clip(resize(a, (max(1, round(a.shape[0] * s)), max(1, round(a.shape[1] * s)))), 0, 1)
-        h, w = a.shape
-        if h > 0.8 * ch or w > 0.8 * cw:
-            raise ValueError(f"synthetic_page: a {h}x{w} digit does not fit a {ch}x{cw} cell")
-        y = (c // cols) * ch + int(rng.integers(int(0.1 * ch), ch - h - int(0.1 * ch) + 1))
-        x = (c % cols) * cw + int(rng.integers(int(0.1 * cw), cw - w - int(0.1 * cw) + 1))
-        coverage[y:y + h, x:x + w] = np.maximum(coverage[y:y + h, x:x + w], a)
-        darkness[y:y + h, x:x + w] = rng.uniform(*ink)
-        ys, xs = np.nonzero(a > 0.25)
-        boxes[k] = (x + xs.min(), y + ys.min(), x + xs.max() + 1, y + ys.max() + 1)
-    # paper: linear gradient in a random direction plus a vignette, mapped onto `paper`
-    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
-    t = rng.uniform(0, 2 * np.pi)
-    light = np.cos(t) * xx / W + np.sin(t) * yy / H
-    cy, cx = rng.uniform(0, H), rng.uniform(0, W)
-    light -= rng.uniform(0.5, 1.5) * (((yy - cy) / H) ** 2 + ((xx - cx) / W) ** 2)
-    light = (light - light.min()) / (light.max() - light.min())
-    light = paper[0] + (paper[1] - paper[0]) * light
-    page = light * (1 - coverage) + darkness * coverage
-    page = gaussian_blur(page, blur) + rng.normal(0, noise, size=(H, W))
-    return np.clip(page, 0, 1).astype(np.float32), boxes, labels.copy()
-
-
-def _iou(a, b) -> float:
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def score_page(results, true_boxes, true_labels) -> dict:
-    """Match detections to the truth one to one (IoU >= 0.5, or the detection's centre inside
-    the true box; best IoU first) and count: ``digits``, ``found`` (matched), ``read``
-    (matched and the right digit), ``false`` (detections matching nothing), the ``missed``
-    and ``misread`` truth indices, and ``match`` {truth index: result index}."""
-    pairs = []
-    for i, tb in enumerate(true_boxes):
-        for j, (db, _, _) in enumerate(results):
-            iou = _iou(tb, db)
-            cx, cy = (db[0] + db[2]) / 2, (db[1] + db[3]) / 2
-            if iou >= 0.5 or (tb[0] <= cx < tb[2] and tb[1] <= cy < tb[3]):
-                pairs.append((iou, i, j))
-    used_t, used_d, match = set(), set(), {}
-    for _, i, j in sorted(pairs, reverse=True):
-        if i not in used_t and j not in used_d:
-            used_t.add(i)
-            used_d.add(j)
-            match[i] = j
-    misread = [i for i, j in match.items() if results[j][1] != int(true_labels[i])]
-    return {"digits": len(true_boxes), "found": len(match), "read": len(match) - len(misread),
-            "false": len(results) - len(match), "missed": sorted(set(range(len(true_boxes))) - used_t),
-            "misread": sorted(misread), "match": match}

@@ -1,4 +1,4 @@
-"""The training loop: ``dlx.fit`` (epochs, validation, history, progress bar, callbacks,
+"""The classifier training loop: ``dlx.fit`` (epochs, validation, history, progress bar, callbacks,
 learning-rate schedulers, resume) and ``dlx.evaluate``, as Keras' ``fit`` does it.
 
 A step is: forward, loss, explicit backward, optimizer step, zero_grad. The loss is read
@@ -12,6 +12,8 @@ import os
 import time
 
 from dlx._device import get_namespace, to_numpy
+from dlx._grad_mode import no_grad
+from dlx.nn import functional as F
 from dlx.serialization import save
 
 
@@ -141,12 +143,8 @@ def flip_averaged_log_probs(model, x):
     softmax(model(x flipped left-right)), for images (N, C, H, W). Fed to CrossEntropyLoss
     as logits, it gives -log of the averaged probability of the label."""
     xp = get_namespace(x)
-
-    def softmax(z):
-        e = xp.exp(z - xp.max(z, axis=1, keepdims=True))
-        return e / xp.sum(e, axis=1, keepdims=True)
-
-    mean_p = (softmax(model(x)) + softmax(model(xp.flip(x, axis=-1)))) * 0.5
+    with no_grad():
+        mean_p = (F.softmax(model(x), dim=1) + F.softmax(model(xp.flip(x, axis=-1)), dim=1)) * 0.5
     return xp.log(xp.maximum(mean_p, xp.finfo(mean_p.dtype).smallest_normal))
 
 
@@ -159,9 +157,11 @@ def evaluate(model, loss_fn, loader, metrics=("accuracy",), flip_tta: bool = Fal
     total, correct, n = 0.0, 0, 0
     try:
         for x, y in loader:
-            out = flip_averaged_log_probs(model, x) if flip_tta else model(x)
+            with no_grad():  # inference: the model and the loss keep nothing for backward
+                out = flip_averaged_log_probs(model, x) if flip_tta else model(x)
+                loss = loss_fn(out, y)
             xp = get_namespace(out)
-            total += float(to_numpy(loss_fn(out, y))) * y.shape[0]
+            total += float(to_numpy(loss)) * y.shape[0]
             if "accuracy" in metrics:
                 correct += int(to_numpy(_correct(xp, out, y)))
             n += y.shape[0]
@@ -175,16 +175,13 @@ def evaluate(model, loss_fn, loader, metrics=("accuracy",), flip_tta: bool = Fal
     return logs
 
 
-def _step_scheduler_per_batch(scheduler) -> bool:
-    return type(scheduler).__name__ == "OneCycleLR"
-
-
 def fit(model, loss_fn, optimizer, train_loader, epochs: int, val_loader=None, scheduler=None,
         callbacks=(), metrics=("accuracy",), progress: bool = True, initial_epoch: int = 0,
         history: History | dict | None = None) -> History:
     """Train for epochs ``initial_epoch .. epochs - 1`` and return the ``History``.
 
-    ``scheduler`` steps once an epoch (OneCycleLR: once a batch). ``callbacks``:
+    ``scheduler`` steps once an epoch (once a batch where its ``per_batch`` is True, as
+    for OneCycleLR). ``callbacks``:
     ``Checkpoint``, ``EarlyStopping`` or any ``Callback``. ``progress`` shows one tqdm bar
     per epoch (loss, accuracy, images/s); False prints nothing. To resume, load a checkpoint
     with ``dlx.load`` and pass ``initial_epoch=meta["epoch"]`` and ``history=meta["history"]``.
@@ -201,7 +198,7 @@ def fit(model, loss_fn, optimizer, train_loader, epochs: int, val_loader=None, s
     hist = history if isinstance(history, History) else History(history)
     state = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "history": hist,
              "epochs": epochs}
-    per_batch = scheduler is not None and _step_scheduler_per_batch(scheduler)
+    per_batch = scheduler is not None and getattr(scheduler, "per_batch", False)
     for cb in callbacks:
         cb.on_train_begin(state)
     if hasattr(train_loader, "set_epoch"):

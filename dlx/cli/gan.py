@@ -1,0 +1,200 @@
+"""``dlx gan``: train a GAN on MNIST (``dlx.models`` DCGAN or MLP, ``dlx.training.train_gan``),
+and after every epoch write a sample grid, scores and checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+
+def _number(kind, low, strict: bool = False):
+    """argparse type: a ``kind`` >= ``low`` (> ``low`` if ``strict``); bad values become
+    one-line usage errors through the parser."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
+        if value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low}, got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def register(subparsers):
+    """Add the ``gan`` subcommand to the ``dlx`` parser's subparsers; its ``func`` default
+    is ``run``."""
+    from dlx.models import GAN_MODELS
+
+    g = subparsers.add_parser("gan", help="train a GAN on MNIST: sample grids, scores, checkpoints")
+    g.add_argument("--dataset", choices=("mnist",), default="mnist")
+    g.add_argument("--model", choices=sorted(GAN_MODELS), default="dcgan")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: DLX_DEVICE or cpu)")
+    g.add_argument("--epochs", type=_number(int, 1), default=20)
+    g.add_argument("--batch-size", type=_number(int, 2), default=128)
+    g.add_argument("--lr", type=_number(float, 0, strict=True), default=2e-4)
+    g.add_argument("--latent-dim", type=_number(int, 1), default=100)
+    g.add_argument("--channels", type=_number(int, 1), default=None,
+                   help="DCGAN width c (default 64): G 2c->c->1 channels, D 1->c->2c")
+    g.add_argument("--ema", type=_unit_interval, default=0.0, metavar="DECAY",
+                   help="also keep an exponential moving average of the generator's weights "
+                   "(e.g. 0.999); it is the one sampled, scored and saved (generator_ema.npz)")
+    g.add_argument("--schedule", choices=("none", "cosine"), default="none",
+                   help="cosine: both learning rates fall along a cosine to 0 over the epochs, "
+                   "stepped after each epoch (default none: constant)")
+    g.add_argument("--data-dir", default=None, help="folder with mnist/ "
+                   "(default: DLX_DATA_DIR, else ~/.cache/dlx)")
+    g.add_argument("--out", default="runs/gan", help="output folder (default runs/gan)")
+    g.add_argument("--seed", type=_number(int, 0), default=0)
+    g.add_argument("--classifier", default=None, metavar="CKPT",
+                   help="a LeNet-5 MNIST checkpoint (dlx train lenet5 --dataset mnist): adds the "
+                   "Inception score and Fréchet distance of its logits to scores.json")
+    g.add_argument("--num-eval", type=_number(int, 2), default=2000,
+                   help="generated and real test images scored per epoch (default 2000)")
+    g.add_argument("--limit", type=_number(int, 2), default=None, metavar="N",
+                   help="train on the first N training images only (quick runs)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.set_defaults(func=run)
+    return g
+
+
+def _unit_interval(text):
+    """argparse type: a float in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def load_classifier(path, dev):
+    """The MNIST LeNet-5 at ``path`` (``--classifier``) that scores the samples, in eval mode."""
+    import dlx
+    from dlx.models import LeNet5
+    from dlx.serialization import read
+
+    header, _ = read(path)
+    dataset = header.get("meta", {}).get("dataset")
+    if dataset not in (None, "mnist"):
+        raise ValueError(f"--classifier {path} was trained on {dataset}, not mnist")
+    classifier = LeNet5(in_channels=1, padding=2, device=dev)
+    dlx.load(path, classifier, restore_rng=False)
+    return classifier.eval()
+
+
+def run(args) -> int:
+    """``dlx gan``: train, and after every epoch write ``samples_epochNNN.png`` (64 samples
+    from fixed noise), ``scores.json`` (losses, and IS / Fréchet distance of classifier logits
+    with ``--classifier``), ``generator.npz`` and ``discriminator.npz`` (``dlx.save``, each
+    with its Adam state; load with ``dlx.load(path, DCGANGenerator())``). ``--schedule
+    cosine`` anneals both learning rates to 0 over the run. With ``--ema``,
+    the weight-averaged generator is sampled and scored (the trained one's scores get a
+    ``_live`` suffix) and saved as ``generator_ema.npz``."""
+    import numpy as np
+
+    import dlx
+    from dlx import metrics, models, optim, plots
+    from dlx.data import MNIST, ArrayDataset, DataLoader
+    from dlx.data.transforms import Normalize
+    from dlx.training.gan import sample, train_gan
+
+    if args.channels is not None and args.model != "dcgan":
+        raise ValueError(f"--channels sets the DCGAN's width; the {args.model} GAN has fixed "
+                         f"hidden sizes (leave --channels out)")
+    if args.limit is not None and args.limit < args.batch_size:
+        raise ValueError(f"--limit {args.limit} is smaller than --batch-size "
+                         f"{args.batch_size}: there would be no full batch to train on")
+    dev = dlx.device(args.device)
+    dlx.manual_seed(args.seed)
+    train_set = MNIST(root=args.data_dir, train=True)
+    if args.limit is not None:
+        train_set = ArrayDataset(train_set.data[:args.limit], train_set.targets[:args.limit])
+    classifier = load_classifier(args.classifier, dev) if args.classifier else None
+    gen_cls, disc_cls = models.GAN_MODELS[args.model]  # looked up now: float32_drift.py swaps them
+    width = {} if args.channels is None else {"channels": args.channels}
+    generator = gen_cls(latent_dim=args.latent_dim, device=dev, **width)
+    discriminator = disc_cls(device=dev, **width)
+    ema = None
+    if args.ema:  # the averaged generator is the one sampled, scored and saved as generator_ema.npz
+        ema = gen_cls(latent_dim=args.latent_dim, device=dev, **width)
+        ema.load_state_dict(generator.state_dict())
+        ema.requires_grad_(False)
+    # drop_last: BatchNorm needs more than one image, and equal batches keep D and G balanced
+    loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                        seed=args.seed, device=dev, transform=Normalize((0.5,), (0.5,)))
+    g_opt = optim.Adam(generator.parameters(), lr=args.lr, betas=(0.5, 0.999))
+    d_opt = optim.Adam(discriminator.parameters(), lr=args.lr, betas=(0.5, 0.999))
+    schedulers = []
+    if args.schedule == "cosine":
+        schedulers = [optim.lr_scheduler.CosineAnnealingLR(o, T_max=args.epochs)
+                      for o in (g_opt, d_opt)]
+
+    # Evaluation noise has its own streams, so scoring never changes the training run.
+    fixed_z = dev.generator([args.seed, 3]).normal((64, args.latent_dim))
+    real_logits, real_is = None, None
+    if classifier is not None:
+        test = MNIST(root=args.data_dir, train=False)
+        n_real = min(args.num_eval, len(test))
+        real_is, real_logits = metrics.classifier_scores(
+            classifier, test.data[:n_real, None].astype(np.float32) / 255.0, device=dev)
+
+    os.makedirs(args.out, exist_ok=True)
+    run_args = {k: v for k, v in vars(args).items() if k != "func"}
+    report = {"model": args.model, "dataset": args.dataset, "device": str(dev), "args": run_args,
+              "real_test": None if real_is is None else
+              {"inception_score": real_is, "num_images": len(real_logits)},
+              "epochs": []}
+    have_plots = plots.have_matplotlib()
+    print(f"dlx {dlx.__version__}: training the {args.model} GAN on {args.dataset} "
+          f"({len(train_set)} images), device {dev}, batch {args.batch_size}, Adam lr {args.lr}"
+          + (f"; real test images score IS {real_is:.3f}" if real_is is not None else ""))
+    if not have_plots:
+        print("sample grids skipped: matplotlib is not installed (pip install \"dlx[plots]\")")
+
+    shown = ema if ema is not None else generator
+
+    def after_epoch(epoch, logs):
+        logs["lr"] = float(g_opt.param_groups[0]["lr"])  # the rate this epoch trained with
+        for sched in schedulers:
+            sched.step()
+        if have_plots:
+            plots.save_grid(sample(shown, fixed_z),
+                            os.path.join(args.out, f"samples_epoch{epoch:03d}.png"),
+                            title=f"epoch {epoch}",
+                            caption=f"{args.model} GAN on MNIST: 64 samples from fixed noise"
+                + (f" (weight average, decay {args.ema})" if ema is not None else ""))
+        if classifier is not None:
+            z = dev.generator([args.seed, 4, epoch]).normal((args.num_eval, args.latent_dim))
+            for suffix, model in (("", shown), ("_live", generator if ema is not None else None)):
+                if model is None:
+                    continue
+                logs["inception_score" + suffix], fake_logits = metrics.classifier_scores(
+                    classifier, sample(model, z), device=dev)
+                logs["frechet_distance" + suffix] = metrics.frechet_distance(fake_logits, real_logits)
+        report["epochs"].append(dict(logs))
+        with open(os.path.join(args.out, "scores.json"), "w") as f:
+            json.dump(report, f, indent=1)
+        meta = {"architecture": args.model, "dataset": args.dataset, "epoch": epoch,
+                "latent_dim": args.latent_dim, "args": run_args}
+        dlx.save(os.path.join(args.out, "generator.npz"), generator, g_opt, **meta)
+        dlx.save(os.path.join(args.out, "discriminator.npz"), discriminator, d_opt, **meta)
+        if ema is not None:
+            dlx.save(os.path.join(args.out, "generator_ema.npz"), ema, **meta, ema_decay=args.ema)
+
+    t0 = time.perf_counter()
+    train_gan(generator, discriminator, loader, args.epochs, latent_dim=args.latent_dim, device=dev,
+              callback=after_epoch, progress=not args.quiet, g_optimizer=g_opt, d_optimizer=d_opt,
+              ema_generator=ema, ema_decay=args.ema or 0.999)
+    last = report["epochs"][-1]
+    scores = (f", IS {last['inception_score']:.3f}, Fréchet distance {last['frechet_distance']:.3f}"
+              if classifier is not None else "")
+    print(f"epoch {last['epoch']}: d_loss {last['d_loss']:.4f}, g_loss {last['g_loss']:.4f}{scores} "
+          f"({time.perf_counter() - t0:.0f} s); wrote {args.out}/scores.json, generator.npz, "
+          f"discriminator.npz" + (", generator_ema.npz" if ema is not None else "")
+          + (", samples_epoch*.png" if have_plots else ""))
+    return 0

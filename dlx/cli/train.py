@@ -1,0 +1,130 @@
+"""``dlx train``: train a classifier on MNIST or CIFAR-10, with a progress bar, a
+checkpoint every epoch, ``history.json`` and loss/accuracy curves."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from dlx.cli.common import (
+    MODELS,
+    NORMALIZATION,
+    UsageError,
+    check_tta,
+    load_dataset,
+    make_model,
+    make_transforms,
+)
+
+
+def register(subparsers):
+    t = subparsers.add_parser("train", help="train a model on MNIST or CIFAR-10")
+    t.add_argument("model", choices=MODELS)
+    t.add_argument("--dataset", choices=sorted(NORMALIZATION), default="cifar10")
+    t.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: DLX_DEVICE or cpu)")
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--schedule", choices=("none", "cosine", "onecycle"), default="none")
+    t.add_argument("--augment", action="store_true", help="random crop (pad 4) + horizontal flip")
+    t.add_argument("--label-smoothing", type=float, default=0.0, metavar="EPS",
+                   help="train against (1 - EPS) one-hot + EPS / classes (default 0)")
+    t.add_argument("--tta", action="store_true",
+                   help="after training, also report the test accuracy with each image averaged "
+                        "with its mirror image (cifar10)")
+    t.add_argument("--data-dir", default=None, help="folder with mnist/ and cifar10/ "
+                   "(default: DLX_DATA_DIR, else ~/.cache/dlx)")
+    t.add_argument("--out", default="runs/lenet5", help="output folder (default runs/lenet5)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--resume", default=None, metavar="CKPT", help="continue from this checkpoint")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=run)
+    return t
+
+
+def make_optimizer(args, model, steps_per_epoch):
+    """The optimizer (SGD with Nesterov momentum, Adam, or AdamW with weight decay) and the
+    learning-rate schedule that ``args`` ask for."""
+    from dlx import optim
+
+    params = model.parameters()
+    if args.optimizer == "sgd":
+        opt = optim.SGD(params, lr=args.lr, momentum=0.9, nesterov=True,
+                        weight_decay=args.weight_decay)
+    else:
+        cls = optim.AdamW if args.weight_decay else optim.Adam
+        opt = cls(params, lr=args.lr, weight_decay=args.weight_decay)
+    sched = None
+    if args.schedule == "cosine":
+        sched = optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs)
+    elif args.schedule == "onecycle":
+        sched = optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, epochs=args.epochs,
+                                              steps_per_epoch=steps_per_epoch)
+    return opt, sched
+
+
+def run(args) -> int:
+    import dlx
+    from dlx.data import DataLoader
+
+    if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
+        raise UsageError("dlx train: --epochs, --batch-size and --lr must be positive")
+    if not 0.0 <= args.label_smoothing < 1.0:
+        raise UsageError(f"dlx train: --label-smoothing must be in [0, 1), got {args.label_smoothing}")
+    check_tta("dlx train", args, args.dataset)
+    dev = dlx.device(args.device)
+    dlx.manual_seed(args.seed)
+    train_set = load_dataset(args.dataset, True, args.data_dir)
+    test_set = load_dataset(args.dataset, False, args.data_dir)
+    model = make_model(args.model, args.dataset, dev)
+    loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=False,
+                        seed=args.seed, device=dev, transform=make_transforms(args.dataset, args.augment))
+    val = DataLoader(test_set, batch_size=1000, device=dev, transform=make_transforms(args.dataset, False))
+    opt, sched = make_optimizer(args, model, len(loader))
+    start, history = 0, None
+    if args.resume:
+        meta = dlx.load(args.resume, model, opt)
+        start, history = int(meta.get("epoch", 0)), meta.get("history")
+        if sched is not None and meta.get("scheduler"):
+            sched.load_state_dict(meta["scheduler"])
+        print(f"resumed from {args.resume} after epoch {start}")
+    os.makedirs(args.out, exist_ok=True)
+    ckpt_path = os.path.join(args.out, "model.npz")
+    meta = {"architecture": args.model, "dataset": args.dataset, "classes": list(train_set.classes),
+            "args": {k: v for k, v in vars(args).items() if k != "func"}}
+    print(f"dlx {dlx.__version__}: training {args.model} on {args.dataset} "
+          f"({len(train_set)} train / {len(test_set)} test images), device {dev}, dtype float32, "
+          f"batch {args.batch_size}, {args.optimizer} lr {args.lr}"
+          + (", augmented" if args.augment else ""))
+    t0 = time.perf_counter()
+    hist = dlx.fit(model, dlx.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing), opt, loader,
+                   epochs=args.epochs, val_loader=val, scheduler=sched,
+                   callbacks=[dlx.Checkpoint(ckpt_path, meta=meta)], progress=not args.quiet,
+                   initial_epoch=start, history=history)
+    elapsed = time.perf_counter() - t0
+    record = {**hist.to_dict(), "device": str(dev), "wall_time_s": elapsed}
+    if args.tta and len(hist):
+        tta = dlx.evaluate(model, dlx.nn.CrossEntropyLoss(), val, flip_tta=True)
+        record["test_accuracy_flip_tta"] = tta["accuracy"]
+    with open(os.path.join(args.out, "history.json"), "w") as f:
+        json.dump(record, f, indent=1)
+    from dlx import plots
+
+    if plots.have_matplotlib() and len(hist):
+        plots.plot_curves(hist.to_dict(), os.path.join(args.out, "curves.png"),
+                          title=f"{args.model} on {args.dataset} ({dev})" + (
+                              f"; loss with label smoothing {args.label_smoothing}"
+                              if args.label_smoothing else ""))
+    elif len(hist):
+        print("curves.png skipped: matplotlib is not installed (pip install \"dlx[plots]\")")
+    if len(hist):
+        print(f"test accuracy {hist['val_accuracy'][-1]:.4f} after {hist['epoch'][-1]} epochs "
+              f"({elapsed:.0f} s); wrote {args.out}/model.npz, history.json"
+              + (", curves.png" if plots.have_matplotlib() else ""))
+        if args.tta:
+            print(f"test accuracy {record['test_accuracy_flip_tta']:.4f} with each image averaged "
+                  "with its mirror image (--tta)")
+    return 0

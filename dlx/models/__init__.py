@@ -1,0 +1,19 @@
+"""Ready-made architectures with PyTorch's state-dict names (they are ``nn.Sequential``s):
+``LeNet5``, ``MLP``, and the DCGAN and MLP GAN generators and discriminators. Architectures
+only: training loops are in ``dlx.training``, commands in ``dlx.cli``."""
+
+from dlx.models.dcgan import (
+    GAN_MODELS,
+    DCGANDiscriminator,
+    DCGANGenerator,
+    MLPDiscriminator,
+    MLPGenerator,
+    dcgan_init_,
+)
+from dlx.models.lenet import LeNet5
+from dlx.models.mlp import MLP
+
+__all__ = [
+    "GAN_MODELS", "DCGANDiscriminator", "DCGANGenerator", "LeNet5", "MLP", "MLPDiscriminator",
+    "MLPGenerator", "dcgan_init_",
+]

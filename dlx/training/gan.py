@@ -1,0 +1,171 @@
+"""Training a GAN with explicit backward: ``gan_step`` (the non-saturating loss of
+Goodfellow et al., 2014), ``train_gan`` (epochs, progress bar, callback), a weight-averaged
+generator (``ema_update_``, ``copy_buffers_``) and ``sample``.
+
+The models are in ``dlx.models`` (``DCGANGenerator``, ...); the ``dlx gan`` command that
+writes sample grids, scores and checkpoints is ``dlx.cli.gan``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from dlx import nn
+from dlx._device import device as _device
+from dlx._device import get_namespace, to_numpy
+from dlx._grad_mode import no_grad
+from dlx.nn import functional as F
+
+__all__ = ["copy_buffers_", "ema_update_", "gan_step", "sample", "train_gan"]
+
+
+def gan_step(generator, discriminator, real, z, g_optimizer, d_optimizer, loss_fn=None):
+    """One step of the non-saturating GAN (Goodfellow et al., 2014) with explicit backward.
+
+    D step: BCE(D(real), 1) + BCE(D(G(z)), 0), gradients into D only (the fake images are
+    plain arrays, nothing flows back to G), then ``d_optimizer.step()``.
+    G step: BCE(D'(G(z)), 1) through the updated D, frozen (``requires_grad_(False)``: its
+    backward returns dL/dfake and leaves D's ``.grad`` alone), then ``generator.backward``
+    and ``g_optimizer.step()``. Returns 0-d device arrays (no host sync):
+    ``{"d_loss", "g_loss", "d_real", "d_fake"}`` with d_real/d_fake the mean D probability
+    on real and fake images during the D step.
+    """
+    loss_fn = loss_fn or nn.BCEWithLogitsLoss()
+    xp = get_namespace(real)
+    fake = generator(z)  # caches what generator.backward needs in the G step below
+
+    d_optimizer.zero_grad()
+    out_real = discriminator(real)
+    loss_real = loss_fn(out_real, xp.ones_like(out_real))
+    discriminator.backward_params(loss_fn.backward())
+    out_fake = discriminator(fake)
+    loss_fake = loss_fn(out_fake, xp.zeros_like(out_fake))
+    discriminator.backward_params(loss_fn.backward())
+    d_optimizer.step()
+    d_optimizer.zero_grad()
+
+    g_optimizer.zero_grad()
+    discriminator.requires_grad_(False)
+    try:
+        out = discriminator(fake)
+        g_loss = loss_fn(out, xp.ones_like(out))  # non-saturating: maximise log D(G(z))
+        dfake = discriminator.backward(loss_fn.backward())
+    finally:
+        discriminator.requires_grad_(True)
+    generator.backward_params(dfake)
+    g_optimizer.step()
+    g_optimizer.zero_grad()
+    return {"d_loss": loss_real + loss_fake, "g_loss": g_loss,
+            "d_real": xp.mean(F.sigmoid(out_real)), "d_fake": xp.mean(F.sigmoid(out_fake))}
+
+
+def ema_update_(average, model, decay: float) -> None:
+    """Exponential moving average of weights, in place: every parameter of ``average``
+    becomes ``decay * average + (1 - decay) * model`` (the models have the same layout).
+    Sampling from the average of the last few thousand generator steps, rather than from
+    the last step alone, smooths out the oscillation of GAN training (Yazıcı et al., 2019)."""
+    for avg, p in zip(average.parameters(), model.parameters()):
+        avg.data *= decay
+        avg.data += (1.0 - decay) * p.data
+
+
+def copy_buffers_(dst, src) -> None:
+    """Copy the buffers (BatchNorm's running statistics) of ``src`` into ``dst``."""
+    names = {name for name, _ in src.named_buffers()}
+    dst.load_state_dict({k: v for k, v in src.state_dict().items() if k in names}, strict=False)
+
+
+def train_gan(generator, discriminator, loader, epochs: int, lr: float = 2e-4,
+              betas=(0.5, 0.999), latent_dim: int | None = None, device=None, callback=None,
+              progress: bool = True, g_optimizer=None, d_optimizer=None, ema_generator=None,
+              ema_decay: float = 0.999) -> dict:
+    """Train a GAN for ``epochs`` epochs over ``loader`` (batches ``(x, y)`` or ``x``, images
+    in the generator's output range, [-1, 1]) with Adam(lr, betas) for both networks
+    (or the optimizers given). Noise z ~ N(0, 1) of size ``latent_dim`` (default
+    ``generator.latent_dim``) is drawn from the device's dlx generator (``dlx.manual_seed``).
+
+    ``callback(epoch, logs)`` (epoch 1-based) runs after each epoch and may add entries to
+    ``logs`` (sample grids, scores); returning True stops training. Returns the history:
+    a dict of per-epoch lists ``epoch, d_loss, g_loss, d_real, d_fake, time_s, images_per_s``.
+    With ``ema_generator`` (a copy of the generator), its weights follow the generator's as
+    an exponential moving average (``ema_update_`` with ``ema_decay`` after every step), and
+    its buffers are the generator's at the end of every epoch.
+    A NaN or infinite mean loss raises FloatingPointError at the end of its epoch (losses
+    are summed on the device and read back every 50 steps, not synchronised every step),
+    before the callback, so no checkpoint of the broken weights is written.
+    """
+    from tqdm.auto import tqdm
+
+    from dlx import optim
+    from dlx._random import generator as rng_of
+
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"train_gan: epochs must be a positive int, got {epochs!r}")
+    dev = _device(device) if device is not None else (generator.device or _device())
+    latent_dim = latent_dim or getattr(generator, "latent_dim", None)
+    if not latent_dim:
+        raise ValueError("train_gan: give latent_dim (the generator has no .latent_dim)")
+    g_optimizer = g_optimizer or optim.Adam(generator.parameters(), lr=lr, betas=betas)
+    d_optimizer = d_optimizer or optim.Adam(discriminator.parameters(), lr=lr, betas=betas)
+    loss_fn = nn.BCEWithLogitsLoss()
+    dtype = generator.dtype or "float32"
+    history: dict = {}
+    for epoch in range(1, epochs + 1):
+        generator.train()
+        discriminator.train()
+        bar = tqdm(total=len(loader), desc=f"epoch {epoch}/{epochs}", unit="batch",
+                   disable=not progress, leave=True, dynamic_ncols=True)
+        t0, seen, steps, sums = time.perf_counter(), 0, 0, None
+        for batch in loader:
+            real = batch[0] if isinstance(batch, (tuple, list)) else batch
+            n = int(real.shape[0])
+            z = rng_of(dev).normal((n, latent_dim), dtype=dtype)
+            out = gan_step(generator, discriminator, real, z, g_optimizer, d_optimizer, loss_fn)
+            if ema_generator is not None:
+                ema_update_(ema_generator, generator, ema_decay)
+            # summed on the device; read back every 50 steps for the bar, not every step
+            sums = out if sums is None else {k: sums[k] + v for k, v in out.items()}
+            seen, steps = seen + n, steps + 1
+            if progress and (steps % 50 == 0 or steps == len(loader)):
+                bar.set_postfix({k: f"{float(to_numpy(v)) / steps:.3f}" for k, v in sums.items()},
+                                refresh=False)
+            bar.update(1)
+        bar.close()
+        if steps == 0:
+            raise ValueError("train_gan: the loader produced no batches")
+        elapsed = time.perf_counter() - t0
+        logs = {"epoch": epoch, **{k: float(to_numpy(v)) / steps for k, v in sums.items()},
+                "time_s": elapsed, "images_per_s": seen / elapsed}
+        if not (math.isfinite(logs["d_loss"]) and math.isfinite(logs["g_loss"])):
+            raise FloatingPointError(f"train_gan: the loss became non-finite in epoch {epoch} "
+                                     f"(d_loss {logs['d_loss']}, g_loss {logs['g_loss']}); "
+                                     f"try a lower learning rate")
+        if ema_generator is not None:
+            copy_buffers_(ema_generator, generator)
+        stop = bool(callback(epoch, logs)) if callback is not None else False
+        for k, v in logs.items():
+            history.setdefault(k, []).append(v)
+        if progress:
+            tqdm.write(f"epoch {epoch}/{epochs}: " + ", ".join(
+                f"{k} {v:.4g}" for k, v in logs.items() if k != "epoch" and isinstance(v, float)))
+        if stop:
+            break
+    return history
+
+
+def sample(generator, z, batch_size: int = 500) -> np.ndarray:
+    """Generated images for noise ``z`` (N, latent_dim), in eval mode (BatchNorm uses its
+    running statistics), mapped to [0, 1]: a host float32 array (N, C, 28, 28)."""
+    was_training = generator.training
+    generator.eval()
+    try:
+        n = int(z.shape[0])  # slices clamped: the Array API leaves out-of-range stops undefined
+        with no_grad():
+            parts = [to_numpy(generator(z[lo:min(lo + batch_size, n), ...]))
+                     for lo in range(0, n, batch_size)]
+    finally:
+        generator.train(was_training)
+    return np.clip((np.concatenate(parts) + 1.0) / 2.0, 0.0, 1.0).astype(np.float32)
