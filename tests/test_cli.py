@@ -58,6 +58,31 @@ def test_info_command():
     assert "numpy" in out and "devices" in out and "cpu" in out and "numba" in out
 
 
+def test_info_with_an_unusable_default_device():
+    """DLX_DEVICE=cuda on a machine without a GPU (or without CuPy): info still prints its
+    diagnostics and says why the default device cannot be had."""
+    import os
+
+    env = {**os.environ, "DLX_DEVICE": "cuda"}
+    code = "import sys; sys.modules['cupy'] = None; from dlx.cli import main; sys.exit(main(['info']))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("default device"))
+    assert "'cuda' from DLX_DEVICE, unusable: CUDA was requested but CuPy is not installed" in line
+    assert "numba" in proc.stdout and "cpu threads" in proc.stdout
+
+
+def test_strict_device_without_array_api_strict_is_one_line(mnist_dir):
+    code = ("import sys; sys.modules['array_api_strict'] = None; from dlx.cli import main; "
+            f"sys.exit(main(['train', 'lenet5', '--dataset', 'mnist', '--data-dir', {str(mnist_dir)!r}, "
+            "'--device', 'strict', '--epochs', '1']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "dlx: error: the 'strict' device needs array-api-strict, which is not installed. Fix: "
+        "pip install array-api-strict (or pip install -e \".[test]\")"], proc.stderr
+
+
 def test_train_with_label_smoothing_and_tta_on_cifar10(tmp_path, capsys):
     from tests.test_data import cifar_py_files, make_cifar, write_tar
 

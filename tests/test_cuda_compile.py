@@ -835,8 +835,22 @@ def test_device_error_driver_mismatch(fresh_cuda, monkeypatch):
         35, "cudaErrorInsufficientDriver: CUDA driver version is insufficient for CUDA runtime "
             "version")))
     monkeypatch.setattr(mod, "_import_xp", lambda: np)
+    monkeypatch.setattr(mod, "_driver_present", lambda: True)
     with pytest.raises(mod.DeviceError, match="installed but unusable.*InsufficientDriver"):
         mod.CUDABackend()
+
+
+def test_device_error_no_driver_is_not_blamed_on_the_wheel(fresh_cuda, monkeypatch):
+    """CuPy installed on a machine without an NVIDIA driver: say so, suggest no reinstall."""
+    mod = fresh_cuda.load(cupy=_cupy_with_devices(error=(
+        35, "cudaErrorInsufficientDriver: CUDA driver version is insufficient for CUDA runtime "
+            "version")))
+    monkeypatch.setattr(mod, "_import_xp", lambda: np)
+    monkeypatch.setattr(mod, "_driver_present", lambda: False)
+    with pytest.raises(mod.DeviceError, match="no NVIDIA driver was found") as err:
+        mod.CUDABackend()
+    assert "cupy-cuda" not in str(err.value) and "\n" not in str(err.value)
+    assert "no NVIDIA driver" in mod.cuda_info()["error"]
 
 
 def test_device_error_array_api_compat_missing(fresh_cuda, monkeypatch):

@@ -45,6 +45,24 @@ def _unusable(detail: str) -> str:
     )
 
 
+def _driver_present() -> bool:
+    """Whether the NVIDIA driver's library (libcuda) can be loaded on this machine."""
+    import ctypes
+
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+NO_DRIVER = ("CUDA was requested but no NVIDIA driver was found on this machine (libcuda cannot "
+             "be loaded), so there is no usable NVIDIA GPU here. Use device='cpu', or install the "
+             "NVIDIA driver on a machine with a GPU.")
+
+
 def _device_count(cupy) -> int:
     """Number of visible GPUs; DeviceError when there is none or the driver refuses CuPy."""
     runtime = cupy.cuda.runtime
@@ -54,6 +72,8 @@ def _device_count(cupy) -> int:
         text = str(e)
         if "NoDevice" in text or getattr(e, "status", None) == 100:
             count = 0
+        elif not _driver_present():  # not a wheel/driver mismatch: there is no driver at all
+            raise DeviceError(NO_DRIVER) from e
         else:
             raise DeviceError(_unusable(f"CUDARuntimeError: {text}")) from e
     except Exception as e:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..base import Backend
+from ..base import Backend, DeviceError
 from ..host_random import NumpyGenerator, dtype_name
 from ..reference import conv, pooling
 
@@ -15,9 +15,10 @@ from ..reference import conv, pooling
 def _import_strict():
     try:
         import array_api_strict
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "the 'strict' device needs array-api-strict: pip install 'dlx[test]'"
+    except ImportError as e:
+        raise DeviceError(
+            "the 'strict' device needs array-api-strict, which is not installed. Fix: "
+            "pip install array-api-strict (or pip install -e \".[test]\")"
         ) from e
     return array_api_strict
 
@@ -34,7 +35,7 @@ class StrictBackend(Backend):
     def info(cls) -> dict:
         try:
             xp = _import_strict()
-        except ImportError as e:
+        except DeviceError as e:
             return {"available": False, "error": str(e)}
         return {"available": True, "array-api-strict": xp.__version__}
 

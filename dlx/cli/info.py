@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 
 from dlx.cli.common import version
@@ -28,7 +29,7 @@ def info() -> dict:
         "cupy": next((v for v in (version(d) for d in ("cupy-cuda12x", "cupy-cuda13x", "cupy"))
                       if v != "not installed"), "not installed"),
         "torch (optional, tests only)": version("torch"),
-        "default device": str(dlx.get_default_device()),
+        "default device": _default_device(),
     }
     gpu = device_info("cuda")
     devices = ["cpu"] + [name for name, usable in (("strict", device_info("strict").get("available")),
@@ -37,6 +38,17 @@ def info() -> dict:
     out["cuda"] = gpu
     out["cpu threads"] = device_info("cpu")["threads"]
     return out
+
+
+def _default_device() -> str:
+    """The default device, or what DLX_DEVICE asks for and why it cannot be had: ``dlx info``
+    is where a user finds out, so it never fails on it."""
+    import dlx
+
+    try:
+        return str(dlx.get_default_device())
+    except (dlx.DeviceError, ValueError) as e:
+        return f"{os.environ.get('DLX_DEVICE')!r} from DLX_DEVICE, unusable: {' '.join(str(e).split())}"
 
 
 def print_info(data: dict, indent: str = "") -> None:
