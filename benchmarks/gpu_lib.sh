@@ -67,6 +67,9 @@ install_missing() {
                        array_api_strict:array-api-strict tqdm:tqdm; do
             has "${mod_pkg%%:*}" || "$PY" -m pip install --no-index --find-links "$wh" "${mod_pkg#*:}"
         done
+        # pyproject.toml's SPDX licence string needs setuptools >= 77 to build
+        "$PY" -c "import setuptools, sys; sys.exit(int(setuptools.__version__.split('.')[0]) < 77)" ||
+            "$PY" -m pip install --no-index --find-links "$wh" "setuptools>=77"
     done
     "$PY" -m pip install --no-deps --no-build-isolation -e . || {
         echo "editable install failed: linking dlx/backends -> backends so 'import dlx.backends' works from here"
