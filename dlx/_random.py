@@ -63,9 +63,44 @@ def get_rng_state() -> dict:
         return {"seed": _seed, "streams": {str(k): g.get_state() for k, g in _generators.items()}}
 
 
+def check_rng_state(state) -> list:
+    """Validate what ``get_rng_state`` returned, changing nothing, and return the
+    ``(key, stream_state)`` pairs that can be restored here. Each stream is tried on a fresh
+    generator first, so a malformed state raises ValueError before anything is applied.
+    A stream of a device this machine cannot use (a ``cuda:0`` stream read on a CPU-only
+    machine) is skipped: that generator starts from the seed if it is ever made here."""
+    from dlx._device import DeviceError, host_generator
+    from dlx._device import device as _device
+
+    if not isinstance(state, dict) or not isinstance(state.get("seed"), int) \
+            or isinstance(state["seed"], bool) or state["seed"] < 0:
+        raise ValueError(f"malformed random state: expected {{'seed': int >= 0, 'streams': "
+                         f"{{...}}}}, got {str(state)[:80]}")
+    streams = state.get("streams", {})
+    if not isinstance(streams, dict):
+        raise ValueError(f"malformed random state: 'streams' must be a dict, got {type(streams).__name__}")
+    usable = []
+    for key, st in streams.items():
+        try:
+            if key == "init":
+                probe = host_generator(_stream_seed(0))
+            else:
+                try:
+                    dev = _device(key)
+                except DeviceError:
+                    continue  # saved on a device this machine does not have: skip it
+                probe = dev.generator(_stream_seed(1))
+            probe.set_state(st)
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise ValueError(f"malformed random state for stream {key!r}: {e}") from None
+        usable.append((key, st))
+    return usable
+
+
 def set_rng_state(state: dict) -> None:
-    """Restore what ``get_rng_state`` returned."""
+    """Restore what ``get_rng_state`` returned (streams of unavailable devices are skipped)."""
+    usable = check_rng_state(state)
     manual_seed(int(state["seed"]))
-    for key, st in state.get("streams", {}).items():
+    for key, st in usable:
         gen = init_generator() if key == "init" else generator(key)
         gen.set_state(st)

@@ -13,15 +13,23 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
+import time
 import zipfile
 
 import numpy as np
 
 from dlx._device import is_array, to_numpy
-from dlx._random import get_rng_state, set_rng_state
+from dlx._random import check_rng_state, get_rng_state, set_rng_state
 
 FORMAT = "dlx-checkpoint-1"
+
+# Temporary files of ``save``: ``.dlx-tmp-XXXXXXXX.npz`` (and ``.tmp-XXXXXXXX.npz``, the
+# name older dlx versions used), XXXXXXXX being mkstemp's 8 random characters.
+_TMP_PREFIX = ".dlx-tmp-"
+_TMP_NAME = re.compile(r"^\.(?:dlx-)?tmp-[a-z0-9_]{8}\.npz$")
+_STALE_AFTER_S = 600.0
 
 
 def _jsonable(value):
@@ -42,6 +50,28 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _remove_stale_temporaries(folder: str) -> None:
+    """Delete what killed saves left in ``folder``. Rule: only names of exactly dlx's
+    temporary pattern (``_TMP_NAME``), and only files unmodified for ``_STALE_AFTER_S``
+    seconds: a save in progress writes its file continuously and renames it within
+    seconds, so a temporary that old belongs to a save that was killed. Anything else
+    (other names, files in other folders, recent files) is never touched."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    now = time.time()
+    for entry in entries:
+        if not _TMP_NAME.match(entry.name):
+            continue
+        try:
+            if entry.is_file(follow_symlinks=False) and \
+                    now - entry.stat(follow_symlinks=False).st_mtime > _STALE_AFTER_S:
+                os.unlink(entry.path)
+        except OSError:
+            pass  # gone already, or not ours to delete: leave it
 
 
 def save(path, model, optimizer=None, **meta) -> str:
@@ -90,7 +120,8 @@ def save(path, model, optimizer=None, **meta) -> str:
 
     folder = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    _remove_stale_temporaries(folder)
+    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".npz", dir=folder)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is a normal file
         with os.fdopen(fd, "wb") as f:
@@ -132,6 +163,18 @@ def load(path, model, optimizer=None, strict: bool = True, restore_rng: bool = T
     save time, so a resumed run draws the same numbers as an uninterrupted one.
     """
     header, arrays = read(path)
+    for key, value in arrays.items():  # refuse rather than drop an imaginary part or a string
+        if value.dtype.kind not in "biuf":
+            raise ValueError(f"{os.fspath(path)!r}: {key} holds {value.dtype} values; dlx loads "
+                             f"only real numbers (bool, int, float): save real arrays, e.g. "
+                             f".real of a complex array whose imaginary part is zero")
+    rng_streams = None
+    if restore_rng and header.get("rng_state"):
+        try:  # validated before anything is loaded: all or nothing
+            rng_streams = check_rng_state(header["rng_state"])
+        except ValueError as e:
+            raise ValueError(f"{os.fspath(path)!r}: {e}; nothing was loaded (pass "
+                             f"restore_rng=False to load the weights alone)") from None
     state = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
     if optimizer is not None and "optimizer" not in header:
         raise ValueError(f"{os.fspath(path)!r} holds no optimizer state; load without optimizer=")
@@ -156,6 +199,6 @@ def load(path, model, optimizer=None, strict: bool = True, restore_rng: bool = T
         except Exception:
             model.load_state_dict(before)  # all or nothing
             raise
-    if restore_rng and header.get("rng_state"):
-        set_rng_state(header["rng_state"])
+    if rng_streams is not None:
+        set_rng_state(header["rng_state"])  # checked above; skips devices not present here
     return header.get("meta", {})

@@ -32,6 +32,35 @@ def test_train_then_eval(mnist_dir, tmp_path, capsys):
     assert rc == 0 and json.loads((out / "history.json").read_text())["epoch"] == [1, 2, 3]
 
 
+def test_resume_applies_a_new_lr_and_says_when_there_is_nothing_to_do(mnist_dir, tmp_path, capsys):
+    from dlx.serialization import read
+
+    out = tmp_path / "run"
+    ck = out / "model.npz"
+    common = ["train", "lenet5", "--dataset", "mnist", "--data-dir", str(mnist_dir),
+              "--batch-size", "64", "--out", str(out), "--quiet"]
+    assert main(common + ["--epochs", "1", "--lr", "0.003"]) == 0
+    capsys.readouterr()
+
+    def lr_in(path):
+        return read(path)[0]["optimizer"]["param_groups"][0]["lr"]
+
+    assert main(common + ["--epochs", "2", "--resume", str(ck)]) == 0  # no --lr: keep 0.003
+    assert "lr 0.003" in capsys.readouterr().out and lr_in(ck) == 0.003
+    assert main(common + ["--epochs", "3", "--lr", "0.0005", "--resume", str(ck)]) == 0
+    text = capsys.readouterr().out
+    assert "lr now 0.0005" in text and "lr 0.0005" in text and lr_in(ck) == 0.0005
+    before = ck.stat().st_mtime_ns, (out / "history.json").read_bytes()
+    assert main(common + ["--epochs", "3", "--resume", str(ck)]) == 0
+    text = capsys.readouterr().out
+    assert "nothing to do" in text and "3 of 3 epochs" in text and "wrote" not in text
+    assert (ck.stat().st_mtime_ns, (out / "history.json").read_bytes()) == before
+    assert main(common + ["--epochs", "4", "--lr", "0.1", "--schedule", "cosine",
+                          "--resume", str(ck)]) == 2
+    assert "--lr cannot change on --resume" in capsys.readouterr().err
+    assert read(ck)[0]["meta"]["epoch"] == 3
+
+
 @pytest.mark.parametrize("argv, code, pattern", [
     (["train", "lenet5", "--epochs", "x"], 2, "invalid int value"),
     (["train", "resnet"], 2, "invalid choice"),

@@ -46,7 +46,7 @@ def on(dev, a):
 
 
 def idx_bytes(a: np.ndarray) -> bytes:
-    code = {np.dtype(np.uint8): 0x08, np.dtype(">i4"): 0x0C}[a.dtype]
+    code = {np.dtype(np.uint8): 0x08, np.dtype(">i4"): 0x0C, np.dtype(">f4"): 0x0D}[a.dtype]
     return struct.pack(">HBB", 0, code, a.ndim) + struct.pack(f">{a.ndim}I", *a.shape) + a.tobytes()
 
 
@@ -206,6 +206,33 @@ def test_mnist_reads_the_official_layout(tmp_path, compress):
         np.testing.assert_array_equal(ds.targets, y)
         assert len(ds) == len(x) and ds[1][1] == int(y[1])
         assert len(ds.classes) == 10
+
+
+@pytest.mark.parametrize("bad", [2.9, float("nan")])
+def test_float_labels_are_refused_not_truncated(tmp_path, bad):
+    write_mnist(tmp_path / "mnist", compress=False)
+    labels = tmp_path / "mnist" / "train-labels-idx1-ubyte"
+    y = np.array([1, 2, bad, 4, 5, 6], ">f4")
+    labels.write_bytes(idx_bytes(y))
+    with pytest.raises(DataFormatError, match=r"train-labels-idx1-ubyte: label .* \(index 2\) is "
+                                              r"not a whole number"):
+        MNIST(tmp_path)
+    with pytest.raises(ValueError, match=r"ArrayDataset targets: label .* \(index 2\)"):
+        ArrayDataset(np.zeros((6, 2, 2)), y.astype(np.float64))
+    with pytest.raises(ValueError, match="labels must be integers 0..K-1, got <U1"):
+        ArrayDataset(np.zeros((2, 2, 2)), np.array(["a", "b"]))
+    labels.write_bytes(idx_bytes(np.array([1, 2, 3, 4, 5, 6], ">f4")))  # whole numbers: exact
+    np.testing.assert_array_equal(MNIST(tmp_path).targets, [1, 2, 3, 4, 5, 6])
+
+    class Floats:  # a map-style data set without .targets: the loader checks its labels too
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return np.zeros((2, 2), np.uint8), (1.0, bad)[i]
+
+    with pytest.raises(ValueError, match="DataLoader: the data set's targets: label"):
+        DataLoader(Floats(), batch_size=2)
 
 
 def test_missing_data_names_folder_files_and_fixes(tmp_path):

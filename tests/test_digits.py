@@ -293,6 +293,22 @@ def test_load_image_colour_and_transparency(tmp_path):
 
 
 @needs_pictures
+def test_load_image_scales_16_bit_and_float_pictures(tmp_path):
+    from PIL import Image
+
+    page = np.full((20, 30), 0.9)
+    page[5:15, 10:20] = 0.1  # a dark mark on light paper
+    Image.fromarray((page * 65535).round().astype(np.uint16)).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as im:
+        assert im.mode.startswith("I")  # Pillow keeps 16 bits ('I;16' or 'I')
+    np.testing.assert_allclose(D.load_image(tmp_path / "deep.png"), page, atol=1e-4)
+    Image.fromarray(page.astype(np.float32)).save(tmp_path / "float.tif")
+    np.testing.assert_allclose(D.load_image(tmp_path / "float.tif"), page, atol=1e-6)
+    Image.fromarray((page * 255).astype(np.float32)).save(tmp_path / "f255.tif")
+    np.testing.assert_allclose(D.load_image(tmp_path / "f255.tif"), page, atol=1e-6)
+
+
+@needs_pictures
 def test_command_reads_a_page_and_writes_the_annotated_png(mnist300, tmp_path, capsys):
     from PIL import Image
 

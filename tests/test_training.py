@@ -106,6 +106,68 @@ def test_load_errors(tmp_path):
         dlx.load(tmp_path / "ck.npz", m, optim.SGD(m.parameters(), lr=0.1))
 
 
+def rewrite(path, edit_header=None, **arrays):
+    """Rewrite the checkpoint at ``path`` with its header passed through ``edit_header``
+    and ``arrays`` replacing entries: a file as another machine or a bad tool would write."""
+    with np.load(path) as npz:
+        entries = {k: npz[k] for k in npz.files}
+    header = json.loads(str(entries["__meta__"]))
+    if edit_header:
+        edit_header(header)
+    entries.update(arrays, __meta__=np.array(json.dumps(header)))
+    np.savez(path, **entries)
+
+
+def test_checkpoint_with_a_cuda_random_stream_loads_on_cpu(tmp_path):
+    m = tiny_cnn()
+    dlx.fit(m, nn.CrossEntropyLoss(), optim.SGD(m.parameters(), lr=0.1), loader(), epochs=1,
+            progress=False)
+    from dlx._random import generator
+
+    generator("cpu").uniform((3,))  # make the cpu stream, so it is saved too
+    path = dlx.save(tmp_path / "ck.npz", m)
+    cpu_next = np.asarray(dlx.to_numpy(generator("cpu").uniform((3,))))
+    cuda = {"bit_generator": "philox4x32-10-counter", "key": [1, 2], "counter": 7}
+    rewrite(path, lambda h: h["rng_state"]["streams"].update({"cuda:0": cuda}))
+    m2 = tiny_cnn()
+    dlx.load(path, m2)  # as on a machine without a GPU: no DeviceError
+    xp_assert_close(m2[5].weight.data, m[5].weight.data, rtol=0, atol=0)
+    xp_assert_close(dlx.to_numpy(generator("cpu").uniform((3,))), cpu_next, rtol=0, atol=0)
+
+
+def test_load_is_all_or_nothing_and_refuses_complex_weights(tmp_path):
+    path = dlx.save(tmp_path / "ck.npz", tiny_cnn())
+    rewrite(path, lambda h: h["rng_state"]["streams"].update({"cpu": {"bit_generator": "PCG64"}}))
+    m = tiny_cnn()
+    before = {k: np.array(dlx.to_numpy(v)) for k, v in m.state_dict().items()}
+    with pytest.raises(ValueError, match="malformed random state for stream 'cpu'.*nothing was"):
+        dlx.load(path, m)
+    for k, v in m.state_dict().items():
+        xp_assert_close(dlx.to_numpy(v), before[k], rtol=0, atol=0, err_msg=k)
+    dlx.load(path, m, restore_rng=False)  # the weights alone still load
+    rewrite(path, **{"model/5.weight": np.full((3, 64), 1 + 2j, np.complex64)})
+    with pytest.raises(ValueError, match="model/5.weight holds complex64 values.*only real"):
+        dlx.load(path, tiny_cnn(), restore_rng=False)
+
+
+def test_save_removes_what_killed_saves_left(tmp_path):
+    import os
+    import time
+
+    stale = [tmp_path / ".tmp-ab12cd_9.npz", tmp_path / ".dlx-tmp-zz99yy00.npz"]
+    fresh = tmp_path / ".dlx-tmp-fresh000.npz"  # may belong to a save in progress
+    others = [tmp_path / ".tmp-notours.npz", tmp_path / "mine.tmp-ab12cd_9.npz",
+              tmp_path / ".tmp-ab12cd_9.npz.bak"]
+    old = time.time() - 3600
+    for f in stale + [fresh] + others:
+        f.write_bytes(b"partial")
+        if f is not fresh:
+            os.utime(f, (old, old))
+    dlx.save(tmp_path / "ck.npz", tiny_cnn())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["ck.npz", fresh.name] + [f.name for f in others])
+
+
 # ---- fit ----------------------------------------------------------------------------------------
 def test_fit_learns_and_records_history(capsys):
     dlx.manual_seed(0)
@@ -158,6 +220,39 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoint(tmp_path):
                 progress=False)
     meta = dlx.load(tmp_path / "ck.npz", tiny_cnn())
     assert meta["epoch"] == 2 and all(np.isfinite(meta["history"]["loss"]))
+
+
+class PoisonAt(optim.SGD):
+    """SGD whose ``at``-th step leaves a NaN weight, as a blow-up in one step would."""
+
+    def __init__(self, params, at, **kw):
+        super().__init__(params, **kw)
+        self.at, self.calls = at, 0
+
+    def step(self):
+        super().step()
+        self.calls += 1
+        if self.calls == self.at:
+            p = self.param_groups[0]["params"][0]
+            p.data = p.data * float("nan")
+
+
+def test_weights_broken_by_the_last_step_of_an_epoch_are_not_checkpointed(tmp_path):
+    m = tiny_cnn()
+    opt = PoisonAt(m.parameters(), at=12, lr=0.1)  # 6 steps an epoch: the last of epoch 2
+    ck = dlx.Checkpoint(tmp_path / "ck.npz", keep_best=True, monitor="loss")
+    with pytest.raises(FloatingPointError, match=r"NaN or infinite in the last step of epoch 2"
+                                                 r".*good checkpoint is .*ck\.npz"):
+        dlx.fit(m, nn.CrossEntropyLoss(), opt, loader(), epochs=4, callbacks=[ck], progress=False)
+    for path in (tmp_path / "ck.npz", tmp_path / "ck.best.npz"):
+        m2 = tiny_cnn()
+        assert dlx.load(path, m2)["epoch"] == 1
+        assert all(np.isfinite(dlx.to_numpy(v)).all() for v in m2.state_dict().values())
+    m3 = tiny_cnn()
+    with pytest.raises(FloatingPointError, match="epoch 1 .*no checkpoint was written"):
+        dlx.fit(m3, nn.CrossEntropyLoss(), PoisonAt(m3.parameters(), at=6, lr=0.1), loader(),
+                epochs=2, callbacks=[dlx.Checkpoint(tmp_path / "new.npz")], progress=False)
+    assert not (tmp_path / "new.npz").exists()
 
 
 def test_bad_fit_arguments():

@@ -26,8 +26,10 @@ def register(subparsers):
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default 1e-3; with --resume, the checkpoint's)")
+    t.add_argument("--weight-decay", type=float, default=None,
+                   help="weight decay (default 0; with --resume, the checkpoint's)")
     t.add_argument("--schedule", choices=("none", "cosine", "onecycle"), default="none")
     t.add_argument("--augment", action="store_true", help="random crop (pad 4) + horizontal flip")
     t.add_argument("--label-smoothing", type=float, default=0.0, metavar="EPS",
@@ -66,10 +68,44 @@ def make_optimizer(args, model, steps_per_epoch):
     return opt, sched
 
 
+def _resume_settings(args) -> dict:
+    """On --resume, --lr and --weight-decay given on the command line win over the
+    checkpoint's, as a PyTorch user sets ``group["lr"]`` after ``optimizer.load_state_dict``
+    to change it; left out, they are the checkpoint's (not the defaults). Returns the values
+    to put into the restored optimizer's param groups (empty if none changes)."""
+    from dlx.serialization import read
+
+    saved = (read(args.resume)[0].get("meta") or {}).get("args") or {}
+    changes = {}
+    for name, default in (("lr", 1e-3), ("weight_decay", 0.0)):
+        old = saved.get(name, default)
+        if getattr(args, name) is None:
+            setattr(args, name, old)
+        elif getattr(args, name) != old:
+            changes[name] = getattr(args, name)
+    flag = " and ".join("--" + k.replace("_", "-") for k in changes)
+    if changes and args.schedule != "none":
+        raise UsageError(f"dlx train: {flag} cannot change on --resume with --schedule "
+                         f"{args.schedule} (the restored schedule sets the learning rate); "
+                         f"resume without {flag}, or start a new run")
+    if "weight_decay" in changes and args.optimizer == "adam" and (changes["weight_decay"] == 0) \
+            != (saved.get("weight_decay", 0.0) == 0):
+        raise UsageError("dlx train: --weight-decay cannot switch between Adam and AdamW on "
+                         "--resume; resume without --weight-decay, or start a new run")
+    if "weight_decay" in changes:  # build the checkpoint's optimizer class, then change it
+        args.weight_decay = saved.get("weight_decay", 0.0)
+    return changes
+
+
 def run(args) -> int:
     import dlx
     from dlx.data import DataLoader
 
+    changes = _resume_settings(args) if args.resume else {}
+    if args.lr is None:
+        args.lr = 1e-3
+    if args.weight_decay is None:
+        args.weight_decay = 0.0
     if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
         raise UsageError("dlx train: --epochs, --batch-size and --lr must be positive")
     if not 0.0 <= args.label_smoothing < 1.0:
@@ -90,7 +126,16 @@ def run(args) -> int:
         start, history = int(meta.get("epoch", 0)), meta.get("history")
         if sched is not None and meta.get("scheduler"):
             sched.load_state_dict(meta["scheduler"])
-        print(f"resumed from {args.resume} after epoch {start}")
+        for group in opt.param_groups:
+            group.update(changes)
+        for name, value in changes.items():
+            setattr(args, name, value)
+        changed = "".join(f", {k.replace('_', ' ')} now {v}" for k, v in changes.items())
+        print(f"resumed from {args.resume} after epoch {start}{changed}")
+        if start >= args.epochs:
+            print(f"nothing to do: {args.resume} already has {start} of {args.epochs} epochs "
+                  f"(raise --epochs to train further); nothing was written")
+            return 0
     os.makedirs(args.out, exist_ok=True)
     ckpt_path = os.path.join(args.out, "model.npz")
     meta = {"architecture": args.model, "dataset": args.dataset, "classes": list(train_set.classes),
@@ -98,6 +143,7 @@ def run(args) -> int:
     print(f"dlx {dlx.__version__}: training {args.model} on {args.dataset} "
           f"({len(train_set)} train / {len(test_set)} test images), device {dev}, dtype float32, "
           f"batch {args.batch_size}, {args.optimizer} lr {args.lr}"
+          + (f" weight decay {args.weight_decay}" if args.weight_decay else "")
           + (", augmented" if args.augment else ""))
     t0 = time.perf_counter()
     hist = dlx.fit(model, dlx.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing), opt, loader,

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .download import DataFormatError, default_root, download_file, extract_tar, file_lock
+from .loader import integer_labels
 
 __all__ = [
     "CIFAR10",
@@ -45,7 +46,7 @@ class ArrayDataset(_Labelled):
 
     def __init__(self, data, targets, classes=None):
         self.data = np.asarray(data)
-        self.targets = np.asarray(targets).astype(np.int64, copy=False)
+        self.targets = integer_labels(targets, "ArrayDataset targets")
         if self.targets.ndim != 1 or len(self.targets) != len(self.data):
             raise ValueError(
                 f"ArrayDataset: targets must have shape ({len(self.data)},) to match data "
@@ -151,6 +152,7 @@ class MNIST(_Labelled):
         if paths is None:
             raise _missing("MNIST", folder, " and ".join(names))
         images, labels = (read_idx(p) for p in paths)
+        labels = integer_labels(labels, str(paths[1]), DataFormatError)
         if images.dtype != np.uint8 or images.ndim != 3 or labels.ndim != 1:
             raise DataFormatError(
                 f"{paths[0]}, {paths[1]}: expected uint8 images (N, H, W) and labels (N,), "

@@ -17,6 +17,24 @@ from .transforms import Compose, apply_all
 __all__ = ["DataLoader"]
 
 
+def integer_labels(values, where: str, error=ValueError) -> np.ndarray:
+    """``values`` as int64 class labels, cast exactly: integer arrays pass, float arrays pass
+    only if every value is a whole number (3.0 -> 3); 2.9, NaN, inf and non-numbers raise
+    ``error`` naming ``where``, instead of being truncated (2.9 -> 2) as astype would."""
+    y = np.asarray(values)
+    if y.dtype.kind in "biu":
+        return y.astype(np.int64, copy=False)
+    if y.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(y) | (y != np.round(y)) | (np.abs(y) >= 2.0**63)
+        if not bad.any():
+            return y.astype(np.int64)
+        i = int(np.flatnonzero(bad.ravel())[0])
+        raise error(f"{where}: label {y.ravel()[i]!r} (index {i}) is not a whole number; class "
+                    f"labels must be integers 0..K-1: fix the labels, do not truncate them")
+    raise error(f"{where}: labels must be integers 0..K-1, got {y.dtype} values")
+
+
 def _host_arrays(dataset):
     """(data, targets) NumPy arrays of a data set, images laid out (N, C, H, W)."""
     data, targets = getattr(dataset, "data", None), getattr(dataset, "targets", None)
@@ -26,14 +44,13 @@ def _host_arrays(dataset):
             raise ValueError("DataLoader: the data set is empty")
         samples = [dataset[i] for i in range(n)]
         data = np.stack([np.asarray(s[0]) for s in samples])
-        targets = np.asarray([int(s[1]) for s in samples])
+        targets = np.asarray([s[1] for s in samples])
     data, targets = np.asarray(data), np.asarray(targets)
     if targets.ndim != 1 or len(targets) != len(data):
         raise ValueError(
             f"DataLoader: targets of shape {targets.shape} do not match data of shape {data.shape}"
         )
-    if not np.issubdtype(targets.dtype, np.integer):
-        raise ValueError(f"DataLoader: targets must be integer class labels, got {targets.dtype}")
+    targets = integer_labels(targets, "DataLoader: the data set's targets")
     if data.dtype != np.uint8 and not np.issubdtype(data.dtype, np.floating):
         raise ValueError(f"DataLoader: data must be uint8 or floating, got {data.dtype}")
     if data.dtype != np.uint8:

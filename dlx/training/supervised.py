@@ -138,6 +138,31 @@ def _correct(xp, out, y):
     return xp.sum(xp.astype(xp.argmax(out, axis=1) == y, xp.int64))
 
 
+def _weights_finite(model) -> bool:
+    """Whether every floating parameter and buffer of ``model`` is finite: one device-side
+    reduction, read back once."""
+    ok = None
+    for v in model.state_dict().values():
+        xp = get_namespace(v)
+        if not xp.isdtype(v.dtype, "real floating"):
+            continue
+        flag = xp.all(xp.isfinite(v))
+        ok = flag if ok is None else xp.logical_and(ok, flag)
+    return ok is None or bool(to_numpy(ok))
+
+
+def _stopped(message: str, callbacks) -> FloatingPointError:
+    """The error of a non-finite loss or weights, naming the last checkpoint (written only
+    from weights checked finite) or saying none was written."""
+    ckpts = [cb for cb in callbacks if isinstance(cb, Checkpoint)]
+    saved = [cb.last_saved for cb in ckpts if cb.last_saved]
+    if saved:
+        message += f"; the last good checkpoint is {saved[-1]}"
+    elif ckpts:
+        message += "; no checkpoint was written by this run"
+    return FloatingPointError(message)
+
+
 def flip_averaged_log_probs(model, x):
     """Test-time augmentation by mirroring: log of the mean of softmax(model(x)) and
     softmax(model(x flipped left-right)), for images (N, C, H, W). Fed to CrossEntropyLoss
@@ -186,7 +211,8 @@ def fit(model, loss_fn, optimizer, train_loader, epochs: int, val_loader=None, s
     per epoch (loss, accuracy, images/s); False prints nothing. To resume, load a checkpoint
     with ``dlx.load`` and pass ``initial_epoch=meta["epoch"]`` and ``history=meta["history"]``.
     A NaN or infinite loss raises FloatingPointError naming the epoch and step; checkpoints
-    already written are kept.
+    already written are kept. Weights are checked finite at the end of each epoch (and the
+    validation loss, if any) before any callback runs, so a checkpoint holds good weights.
     """
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"fit: epochs must be a positive int, got {epochs!r}")
@@ -218,11 +244,8 @@ def fit(model, loss_fn, optimizer, train_loader, epochs: int, val_loader=None, s
             value = float(to_numpy(loss))
             if not math.isfinite(value):
                 bar.close()
-                saved = [cb.last_saved for cb in callbacks if getattr(cb, "last_saved", None)]
-                kept = f"; the last good checkpoint is {saved[-1]}" if saved else ""
-                raise FloatingPointError(
-                    f"loss became {value} at epoch {epoch + 1}, step {step + 1}: training stopped "
-                    f"(try a lower learning rate){kept}")
+                raise _stopped(f"loss became {value} at epoch {epoch + 1}, step {step + 1}: "
+                               f"training stopped (try a lower learning rate)", callbacks)
             model.backward_params(loss_fn.backward())  # dL/dx of the input is not needed
             optimizer.step()
             optimizer.zero_grad()
@@ -245,6 +268,10 @@ def fit(model, loss_fn, optimizer, train_loader, epochs: int, val_loader=None, s
         bar.close()
         if seen == 0:
             raise ValueError("fit: the training loader produced no batches")
+        if not _weights_finite(model):  # the last step's loss was finite, its result may not be
+            raise _stopped(f"the weights became NaN or infinite in the last step of epoch "
+                           f"{epoch + 1} ({step + 1} steps): training stopped (try a lower "
+                           f"learning rate)", callbacks)
         logs = {"epoch": epoch + 1, "loss": total / seen}
         if "accuracy" in metrics:
             logs["accuracy"] = correct / seen
@@ -252,6 +279,9 @@ def fit(model, loss_fn, optimizer, train_loader, epochs: int, val_loader=None, s
         if val_loader is not None:
             val = evaluate(model, loss_fn, val_loader, metrics)
             logs.update({f"val_{k}": v for k, v in val.items()})
+            if not math.isfinite(val["loss"]):
+                raise _stopped(f"validation loss became {val['loss']} after epoch {epoch + 1}: "
+                               f"training stopped (try a lower learning rate)", callbacks)
         if scheduler is not None and not per_batch:
             scheduler.step()
         hist.append(logs)

@@ -22,6 +22,29 @@ PLOTS_HINT = 'pip install "dlx[plots]"'
 
 
 # ---- image files ------------------------------------------------------------------------------
+def _deep_grey(im):
+    """A grey image of more than 8 bits per pixel as float32 in [0, 1], or None for other
+    modes. Pillow's ``convert("L")`` clips these to 0..255, which turns a page into a blank
+    one. 16-bit modes ('I;16...') are divided by 65535; 'I' (32-bit int) and 'F' (float, as
+    TIFF stores it) by the range the values fit: [0, 1] as is (floats only), then 0..255,
+    then 0..65535, else stretched from their minimum to their maximum."""
+    if im.mode.startswith("I;16"):
+        return (np.asarray(im, dtype=np.float64) / 65535.0).astype(np.float32)
+    if im.mode not in ("I", "F"):
+        return None
+    a = np.asarray(im, dtype=np.float64)
+    if not np.isfinite(a).all():
+        raise ValueError("the image holds NaN or infinite pixels; save it with finite values")
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if lo >= 0 and hi <= 1 and im.mode == "F":
+        scaled = a
+    elif lo >= 0 and hi <= 65535:
+        scaled = a / (255.0 if hi <= 255 else 65535.0)
+    else:
+        scaled = (a - lo) / ((hi - lo) or 1.0)
+    return scaled.astype(np.float32)
+
+
 def load_image(path) -> np.ndarray:
     """A picture file (PNG, JPEG, ... anything Pillow reads) as grey float32 (H, W) in [0, 1]."""
     path = os.fspath(path)
@@ -38,7 +61,9 @@ def load_image(path) -> np.ndarray:
                 im = im.convert("RGBA")
                 white = Image.new("RGBA", im.size, (255, 255, 255, 255))
                 im = Image.alpha_composite(white, im)  # transparent = paper, not black
-            grey = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+            grey = _deep_grey(im)
+            if grey is None:
+                grey = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise ValueError(f"{path!r} is not an image Pillow can read ({type(e).__name__}: {e})") from None
     if grey.ndim != 2 or min(grey.shape) < 8:
