@@ -83,6 +83,24 @@ class Backend(abc.ABC):
     def synchronize(self, index=None) -> None:
         """Wait for the work queued on the device (nothing to do on a CPU)."""
 
+    # ---- collectives (dlx.distributed): ``world`` moves NumPy arrays between processes -------
+    def all_reduce(self, world, x, index=None):
+        """The sum of ``x`` over the ranks of ``world``, as a new array on the device. This
+        default goes through the host (a copy each way); a backend may do better."""
+        import numpy as np
+
+        host = np.array(self.to_numpy(x), copy=True, order="C")
+        world.all_reduce_host(host)
+        return self.asarray(host, index)
+
+    def broadcast(self, world, x, root=0, index=None):
+        """Rank ``root``'s ``x`` on every rank of ``world``, as a new array on the device."""
+        import numpy as np
+
+        host = np.array(self.to_numpy(x), copy=True, order="C")
+        world.broadcast_host(host, root)
+        return self.asarray(host, index)
+
     def keeps_resident(self, nbytes: int) -> bool:
         """Whether a data set of ``nbytes`` is copied to the device once, whole."""
         return self.max_resident_bytes is None or nbytes <= self.max_resident_bytes

@@ -46,14 +46,21 @@ def init_generator():
 
 
 def generator(device=None):
-    """The generator of ``device`` (default device if None); its arrays live on that device."""
+    """The generator of ``device`` (default device if None); its arrays live on that device.
+    In a data-parallel run each rank gets its own stream of the seed (dropout masks, noise
+    differ between ranks, as their data do); initial weights come from the host stream,
+    the same on every rank."""
+    from dlx import distributed
     from dlx._device import device as _device
 
     dev = _device(device)
     with _lock:
         gen = _generators.get(dev)
         if gen is None:
-            gen = _generators[dev] = dev.generator(_stream_seed(1))
+            seed = _stream_seed(1)
+            if distributed.is_initialized() and distributed.world_size() > 1:
+                seed = [*seed, distributed.rank()]
+            gen = _generators[dev] = dev.generator(seed)
         return gen
 
 

@@ -9,6 +9,7 @@ for the torch check, ``torch.nn.<name>(*args, **kwargs)``: the API is PyTorch's.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -261,6 +262,9 @@ CASES = [
     nn_case("bn2d_noaffine", "BatchNorm2d", (2,), {"affine": False}, inputs=(3, 2, 3, 3), **BN),
     nn_case("bn2d_no_running_stats_eval", "BatchNorm2d", (2,), {"track_running_stats": False},
             inputs=(3, 2, 3, 3), eval_mode=True, **BN),
+    # in a world of one SyncBatchNorm is BatchNorm (tests/test_distributed.py: two ranks)
+    dataclasses.replace(nn_case("syncbn_world1", "SyncBatchNorm", (3,), inputs=(4, 3, 3, 5),
+                                torch=False, **BN), torch=lambda torch: torch.nn.BatchNorm2d(3)),
     nn_case("dropout", "Dropout", (0.3,), inputs=(4, 6), torch=False, **DROPOUT),  # one seeded mask
     nn_case("dropout_p0", "Dropout", (0.0,), inputs=(4, 6), ref=ref_identity, **DROPOUT),
     nn_case("dropout_eval", "Dropout", (0.3,), inputs=(4, 6), eval_mode=True, ref=ref_identity,

@@ -38,6 +38,16 @@ class CPUBackend(Backend):
     def synchronize(self, index=None):
         pass
 
+    def all_reduce(self, world, x, index=None):
+        out = np.array(x, copy=True, order="C")  # the arrays are host arrays: MPI reads them
+        world.all_reduce_host(out)
+        return out
+
+    def broadcast(self, world, x, root=0, index=None):
+        out = np.array(x, copy=True, order="C")
+        world.broadcast_host(out, root)
+        return out
+
     conv2d = staticmethod(conv.conv2d)
     conv2d_backward_data = staticmethod(conv.conv2d_backward_data)
     conv2d_backward_weight = staticmethod(conv.conv2d_backward_weight)

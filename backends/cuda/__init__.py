@@ -188,6 +188,22 @@ class CUDABackend(Backend):
     def synchronize(self, index=None):
         self._cupy.cuda.Device(index or 0).synchronize()
 
+    def all_reduce(self, world, x, index=None):
+        from . import nccl
+
+        comm = nccl.communicator(world, index or 0)
+        if comm is None:  # no NCCL here, or ranks sharing a GPU: through the host
+            return super().all_reduce(world, x, index)
+        return nccl.all_reduce(comm, x)
+
+    def broadcast(self, world, x, root=0, index=None):
+        from . import nccl
+
+        comm = nccl.communicator(world, index or 0)
+        if comm is None:
+            return super().broadcast(world, x, root, index)
+        return nccl.broadcast(comm, x, root)
+
 
 def cuda_info() -> dict:
     """What ``dlx info`` shows about CUDA: versions and GPUs, or the DeviceError's text."""

@@ -29,7 +29,11 @@ def register(subparsers):
     is ``run``."""
     from dlx.models import GAN_MODELS
 
-    g = subparsers.add_parser("gan", help="train a GAN on MNIST: sample grids, scores, checkpoints")
+    g = subparsers.add_parser(
+        "gan", help="train a GAN on MNIST: sample grids, scores, checkpoints",
+        epilog="Data parallel on N processes: mpiexec -n N dlx gan ... (mpiexec from pip install "
+               "-e \".[dist]\"): each rank takes --batch-size images of every batch and draws "
+               "its own noise; rank 0 scores and writes the files.")
     g.add_argument("--dataset", choices=("mnist",), default="mnist")
     g.add_argument("--model", choices=sorted(GAN_MODELS), default="dcgan")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: DLX_DEVICE or cpu)")
@@ -98,7 +102,7 @@ def run(args) -> int:
     import numpy as np
 
     import dlx
-    from dlx import metrics, models, optim, plots
+    from dlx import distributed, metrics, models, optim, plots
     from dlx.data import MNIST, ArrayDataset, DataLoader
     from dlx.data.transforms import Normalize
     from dlx.training.gan import sample, train_gan
@@ -109,6 +113,8 @@ def run(args) -> int:
     if args.limit is not None and args.limit < args.batch_size:
         raise ValueError(f"--limit {args.limit} is smaller than --batch-size "
                          f"{args.batch_size}: there would be no full batch to train on")
+    world = distributed.init()  # before the first array: ranks on one machine share its cores
+    main = world.rank == 0  # under mpiexec rank 0 prints, scores and writes the files
     dev = dlx.device(args.device)
     dlx.manual_seed(args.seed)
     train_set = MNIST(root=args.data_dir, train=True)
@@ -119,6 +125,8 @@ def run(args) -> int:
     width = {} if args.channels is None else {"channels": args.channels}
     generator = gen_cls(latent_dim=args.latent_dim, device=dev, **width)
     discriminator = disc_cls(device=dev, **width)
+    distributed.broadcast_parameters(generator)
+    distributed.broadcast_parameters(discriminator)
     ema = None
     if args.ema:  # the averaged generator is the one sampled, scored and saved as generator_ema.npz
         ema = gen_cls(latent_dim=args.latent_dim, device=dev, **width)
@@ -126,7 +134,8 @@ def run(args) -> int:
         ema.requires_grad_(False)
     # drop_last: BatchNorm needs more than one image, and equal batches keep D and G balanced
     loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                        seed=args.seed, device=dev, transform=Normalize((0.5,), (0.5,)))
+                        seed=args.seed, device=dev, transform=Normalize((0.5,), (0.5,)),
+                        shard=(world.rank, world.size) if world.size > 1 else None)
     g_opt = optim.Adam(generator.parameters(), lr=args.lr, betas=(0.5, 0.999))
     d_opt = optim.Adam(discriminator.parameters(), lr=args.lr, betas=(0.5, 0.999))
     schedulers = []
@@ -137,7 +146,7 @@ def run(args) -> int:
     # Evaluation noise has its own streams, so scoring never changes the training run.
     fixed_z = dev.generator([args.seed, 3]).normal((64, args.latent_dim))
     real_logits, real_is = None, None
-    if classifier is not None:
+    if classifier is not None and main:
         test = MNIST(root=args.data_dir, train=False)
         n_real = min(args.num_eval, len(test))
         real_is, real_logits = metrics.classifier_scores(
@@ -149,11 +158,14 @@ def run(args) -> int:
               "real_test": None if real_is is None else
               {"inception_score": real_is, "num_images": len(real_logits)},
               "epochs": []}
-    have_plots = plots.have_matplotlib()
-    print(f"dlx {dlx.__version__}: training the {args.model} GAN on {args.dataset} "
-          f"({len(train_set)} images), device {dev}, batch {args.batch_size}, Adam lr {args.lr}"
-          + (f"; real test images score IS {real_is:.3f}" if real_is is not None else ""))
-    if not have_plots:
+    have_plots = plots.have_matplotlib() and main
+    batch = (f"batch {args.batch_size}" if world.size == 1 else
+             f"{world.size} ranks x batch {args.batch_size} = batch {world.size * args.batch_size}")
+    if main:
+        print(f"dlx {dlx.__version__}: training the {args.model} GAN on {args.dataset} "
+              f"({len(train_set)} images), device {dev}, {batch}, Adam lr {args.lr}"
+              + (f"; real test images score IS {real_is:.3f}" if real_is is not None else ""))
+    if not plots.have_matplotlib() and main:
         print("sample grids skipped: matplotlib is not installed (pip install \"dlx[plots]\")")
 
     shown = ema if ema is not None else generator
@@ -162,6 +174,8 @@ def run(args) -> int:
         logs["lr"] = float(g_opt.param_groups[0]["lr"])  # the rate this epoch trained with
         for sched in schedulers:
             sched.step()
+        if not main:
+            return
         if have_plots:
             plots.save_grid(sample(shown, fixed_z),
                             os.path.join(args.out, f"samples_epoch{epoch:03d}.png"),
@@ -190,6 +204,8 @@ def run(args) -> int:
     train_gan(generator, discriminator, loader, args.epochs, latent_dim=args.latent_dim, device=dev,
               callback=after_epoch, progress=not args.quiet, g_optimizer=g_opt, d_optimizer=d_opt,
               ema_generator=ema, ema_decay=args.ema or 0.999)
+    if not main:
+        return 0
     last = report["epochs"][-1]
     scores = (f", IS {last['inception_score']:.3f}, Fréchet distance {last['frechet_distance']:.3f}"
               if classifier is not None else "")

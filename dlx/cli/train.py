@@ -19,7 +19,12 @@ from dlx.cli.common import (
 
 
 def register(subparsers):
-    t = subparsers.add_parser("train", help="train a model on MNIST or CIFAR-10")
+    t = subparsers.add_parser(
+        "train", help="train a model on MNIST or CIFAR-10",
+        epilog="Data parallel on N processes: mpiexec -n N dlx train ... (mpiexec from pip install "
+               "-e \".[dist]\"). Each rank takes --batch-size images of every batch of N x "
+               "--batch-size, so the run trains as one process with that batch; rank 0 prints "
+               "and writes the files.")
     t.add_argument("model", choices=MODELS)
     t.add_argument("--dataset", choices=sorted(NORMALIZATION), default="cifar10")
     t.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: DLX_DEVICE or cpu)")
@@ -99,7 +104,12 @@ def _resume_settings(args) -> dict:
 
 def run(args) -> int:
     import dlx
+    from dlx import distributed
     from dlx.data import DataLoader
+
+    world = distributed.init()  # before the first array: ranks on one machine share its cores
+    say = print if world.rank == 0 else (lambda *a, **k: None)
+    shard = (world.rank, world.size) if world.size > 1 else None
 
     changes = _resume_settings(args) if args.resume else {}
     if args.lr is None:
@@ -116,9 +126,12 @@ def run(args) -> int:
     train_set = load_dataset(args.dataset, True, args.data_dir)
     test_set = load_dataset(args.dataset, False, args.data_dir)
     model = make_model(args.model, args.dataset, dev)
+    distributed.broadcast_parameters(model)
     loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=False,
-                        seed=args.seed, device=dev, transform=make_transforms(args.dataset, args.augment))
-    val = DataLoader(test_set, batch_size=1000, device=dev, transform=make_transforms(args.dataset, False))
+                        seed=args.seed, device=dev, transform=make_transforms(args.dataset, args.augment),
+                        shard=shard)
+    val = DataLoader(test_set, batch_size=1000, device=dev, transform=make_transforms(args.dataset, False),
+                     shard=shard)
     opt, sched = make_optimizer(args, model, len(loader))
     start, history = 0, None
     if args.resume:
@@ -131,20 +144,22 @@ def run(args) -> int:
         for name, value in changes.items():
             setattr(args, name, value)
         changed = "".join(f", {k.replace('_', ' ')} now {v}" for k, v in changes.items())
-        print(f"resumed from {args.resume} after epoch {start}{changed}")
+        say(f"resumed from {args.resume} after epoch {start}{changed}")
         if start >= args.epochs:
-            print(f"nothing to do: {args.resume} already has {start} of {args.epochs} epochs "
-                  f"(raise --epochs to train further); nothing was written")
+            say(f"nothing to do: {args.resume} already has {start} of {args.epochs} epochs "
+                f"(raise --epochs to train further); nothing was written")
             return 0
     os.makedirs(args.out, exist_ok=True)
     ckpt_path = os.path.join(args.out, "model.npz")
     meta = {"architecture": args.model, "dataset": args.dataset, "classes": list(train_set.classes),
             "args": {k: v for k, v in vars(args).items() if k != "func"}}
-    print(f"dlx {dlx.__version__}: training {args.model} on {args.dataset} "
-          f"({len(train_set)} train / {len(test_set)} test images), device {dev}, dtype float32, "
-          f"batch {args.batch_size}, {args.optimizer} lr {args.lr}"
-          + (f" weight decay {args.weight_decay}" if args.weight_decay else "")
-          + (", augmented" if args.augment else ""))
+    batch = (f"batch {args.batch_size}" if world.size == 1 else
+             f"{world.size} ranks x batch {args.batch_size} = batch {world.size * args.batch_size}")
+    say(f"dlx {dlx.__version__}: training {args.model} on {args.dataset} "
+        f"({len(train_set)} train / {len(test_set)} test images), device {dev}, dtype float32, "
+        f"{batch}, {args.optimizer} lr {args.lr}"
+        + (f" weight decay {args.weight_decay}" if args.weight_decay else "")
+        + (", augmented" if args.augment else ""))
     t0 = time.perf_counter()
     hist = dlx.fit(model, dlx.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing), opt, loader,
                    epochs=args.epochs, val_loader=val, scheduler=sched,
@@ -155,6 +170,10 @@ def run(args) -> int:
     if args.tta and len(hist):
         tta = dlx.evaluate(model, dlx.nn.CrossEntropyLoss(), val, flip_tta=True)
         record["test_accuracy_flip_tta"] = tta["accuracy"]
+    if world.rank != 0:  # rank 0 writes the files and prints
+        return 0
+    if world.size > 1:
+        record["ranks"] = world.size
     with open(os.path.join(args.out, "history.json"), "w") as f:
         json.dump(record, f, indent=1)
     from dlx import plots

@@ -74,6 +74,20 @@ def _split_transform(transform):
     return steps[:k], steps[k:]
 
 
+def _check_shard(shard, seed, shuffle) -> tuple[int, int]:
+    if shard is None:
+        return 0, 1
+    if (not isinstance(shard, (tuple, list)) or len(shard) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in shard)
+            or not 0 <= shard[0] < shard[1]):
+        raise ValueError(f"DataLoader: shard must be (rank, world) with 0 <= rank < world, "
+                         f"got {shard!r}")
+    if shard[1] > 1 and shuffle and seed is None:
+        raise ValueError("DataLoader: a sharded loader that shuffles needs a seed (every rank "
+                         "must draw the same order); pass seed=")
+    return int(shard[0]), int(shard[1])
+
+
 class DataLoader:
     """Iterate ``(x, y)`` batches on ``device``: x float32 (N, C, H, W) in [0, 1] (uint8
     data divided by 255; float data as it is, in float32), y int64 (N,).
@@ -91,6 +105,13 @@ class DataLoader:
       from host memory (False). None: on the CPU and strict devices always (the set is in
       host memory already), on a GPU when it is at most the backend's
       ``max_resident_bytes`` (2 GiB on CUDA; MNIST train is 47 MB, CIFAR-10 train 154 MB).
+    - ``shard=(rank, world)``: data parallelism (``dlx.distributed``). Every rank draws the
+      same seeded order and rank r takes its part of each global batch of
+      ``world * batch_size`` images: N ranks with batch B see exactly the batches of one
+      process with batch N*B. A last global batch of M < N*B images (``drop_last=False``)
+      is split as evenly as contiguous parts allow; ``shard_weight(b)`` is this rank's
+      share of batch b, the weight of its gradient. The transforms' random choices come
+      from a stream of the seed, the epoch and the rank.
     """
 
     def __init__(
@@ -103,6 +124,7 @@ class DataLoader:
         device=None,
         transform=None,
         resident: bool | None = None,
+        shard: tuple[int, int] | None = None,
     ):
         from dlx._device import device as get_device
 
@@ -110,6 +132,7 @@ class DataLoader:
             raise ValueError(f"DataLoader: batch_size must be a positive int, got {batch_size!r}")
         if seed is not None and (not isinstance(seed, int) or seed < 0):
             raise ValueError(f"DataLoader: seed must be a non-negative int or None, got {seed!r}")
+        self.rank, self.world = _check_shard(shard, seed, shuffle)
         self.dataset = dataset
         self.batch_size = batch_size
         self.shuffle = bool(shuffle)
@@ -136,9 +159,26 @@ class DataLoader:
         return dev.backend.asarray(host_array, dev.index, None)
 
     def __len__(self):
+        global_batch = self.batch_size * self.world
         if self.drop_last:
-            return self.num_samples // self.batch_size
-        return math.ceil(self.num_samples / self.batch_size)
+            return self.num_samples // global_batch
+        return math.ceil(self.num_samples / global_batch)
+
+    def _part(self, b: int) -> tuple[int, int]:
+        """[lo, hi) of this rank's part of global batch ``b`` in the epoch's order."""
+        g = self.batch_size * self.world
+        start, m = b * g, min(g, self.num_samples - b * g)
+        if m == g:
+            return start + self.rank * self.batch_size, start + (self.rank + 1) * self.batch_size
+        q, extra = divmod(m, self.world)  # the tail: sizes differ by at most one
+        lo = start + self.rank * q + min(self.rank, extra)
+        return lo, lo + q + (self.rank < extra)
+
+    def shard_weight(self, b: int) -> float:
+        """This rank's share of global batch ``b`` (1 / world for a full batch)."""
+        lo, hi = self._part(b)
+        g = self.batch_size * self.world
+        return (hi - lo) / min(g, self.num_samples - b * g)
 
     # epochs and random state --------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
@@ -152,6 +192,8 @@ class DataLoader:
         self.epoch = int(state["epoch"])
 
     def _generator(self, epoch: int):
+        if self.world > 1 and self.seed is not None:  # the order comes from the host stream
+            return self.device.generator([self.seed, 2, epoch, self.rank])  # (_order); choices per rank
         if self.seed is None:
             from dlx._random import generator
 
@@ -170,7 +212,7 @@ class DataLoader:
         their host stream ``gen``; another device's stream (CUDA's Philox) would give
         another order, so there the same numbers are drawn from a host stream with the
         same seed (one small copy per epoch)."""
-        if self.seed is None or self.device.backend.host_generator:
+        if self.world == 1 and (self.seed is None or self.device.backend.host_generator):
             return gen.permutation(self.num_samples)
         from dlx._device import host_generator
 
@@ -186,7 +228,7 @@ class DataLoader:
 
             host_order = to_numpy(order)  # one copy per epoch, to gather on the host
         for b in range(len(self)):
-            lo, hi = b * bs, min((b + 1) * bs, n)
+            lo, hi = self._part(b) if self.world > 1 else (b * bs, min((b + 1) * bs, n))
             if order is None:
                 xb = self._x[lo:hi, ...] if self.resident else self._put(self._host[lo:hi])
                 yb = self._y[lo:hi]
@@ -208,5 +250,6 @@ class DataLoader:
         return (
             f"DataLoader({type(self.dataset).__name__}, batch_size={self.batch_size}, "
             f"shuffle={self.shuffle}, drop_last={self.drop_last}, seed={self.seed}, "
-            f"device='{self.device}', resident={self.resident}, batches={len(self)})"
+            f"device='{self.device}', resident={self.resident}, batches={len(self)}"
+            + (f", shard=({self.rank}, {self.world})" if self.world > 1 else "") + ")"
         )

@@ -5,12 +5,12 @@ from dlx.nn.conv import Conv2d, ConvTranspose2d
 from dlx.nn.linear import Flatten, Identity, Linear, Unflatten
 from dlx.nn.loss import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, MSELoss, NLLLoss
 from dlx.nn.module import Module, Parameter, Sequential
-from dlx.nn.normalization import BatchNorm1d, BatchNorm2d, Dropout
+from dlx.nn.normalization import BatchNorm1d, BatchNorm2d, Dropout, SyncBatchNorm
 from dlx.nn.pooling import AvgPool2d, MaxPool2d, Upsample
 
 __all__ = [
     "AvgPool2d", "BCELoss", "BCEWithLogitsLoss", "BatchNorm1d", "BatchNorm2d", "Conv2d",
     "ConvTranspose2d", "CrossEntropyLoss", "Dropout", "ELU", "Flatten", "Identity", "LeakyReLU",
     "Linear", "LogSoftmax", "MSELoss", "MaxPool2d", "Module", "NLLLoss", "Parameter", "ReLU",
-    "SELU", "Sequential", "Sigmoid", "Softmax", "Tanh", "Unflatten", "Upsample",
+    "SELU", "Sequential", "SyncBatchNorm", "Sigmoid", "Softmax", "Tanh", "Unflatten", "Upsample",
 ]

@@ -62,7 +62,8 @@ class _BatchNorm(Module):
             self.running_mean, self.running_var, mean, var, count, factor)
 
     def backward(self, dy):
-        dx, dw, db = F.batch_norm.backward(self._pop(), dy, need_params=self._grad_enabled)
+        ctx = self._pop()  # from batch_norm, or sync_batch_norm (SyncBatchNorm in a world > 1)
+        dx, dw, db = ctx.op.backward(ctx, dy, need_params=self._grad_enabled)
         if self.affine and self._grad_enabled:
             self.weight.accumulate_grad(dw)
             self.bias.accumulate_grad(db)
@@ -81,6 +82,48 @@ class BatchNorm1d(_BatchNorm):
 class BatchNorm2d(_BatchNorm):
     _ranks = (4,)
     _layout = "(N, C, H, W)"
+
+
+class SyncBatchNorm(_BatchNorm):
+    """BatchNorm whose training statistics are those of the global batch of a data-parallel
+    run (``dlx.distributed``): mean and variance, and the sums of the backward pass, are
+    reduced over every rank (PyTorch's ``nn.SyncBatchNorm``). In a world of one it is
+    BatchNorm. Takes (N, C, *) inputs; ``SyncBatchNorm.convert_sync_batchnorm(model)``
+    replaces a model's BatchNorm layers."""
+
+    _ranks = (2, 3, 4, 5)
+    _layout = "(N, C, *)"
+
+    def forward(self, x):
+        from dlx import distributed
+
+        use_batch_stats = self.training or not self.track_running_stats
+        if not use_batch_stats or distributed.world_size() == 1:
+            return super().forward(x)
+        check_input(self, x, self._ranks, self._layout, self.num_features)
+        w, b = (self.weight.data, self.bias.data) if self.affine else (None, None)
+        y, ctx = F.sync_batch_norm.forward(x, w, b, self.eps, distributed.all_reduce)
+        if self.training and self.track_running_stats:
+            self._update_running_stats(*ctx.aux)
+        self._keep(ctx)
+        return y
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module):
+        """``module`` with every BatchNorm1d/2d replaced by a SyncBatchNorm holding the same
+        parameters and buffers (the module itself if it is one); returns the result."""
+        if isinstance(module, (BatchNorm1d, BatchNorm2d)):
+            sync = cls(module.num_features, module.eps, module.momentum, module.affine,
+                       module.track_running_stats, device=module.device, dtype=module.dtype)
+            if module.affine:
+                sync.weight, sync.bias = module.weight, module.bias
+            for name, value in module._buffers.items():
+                sync._buffers[name] = value
+            sync.train(module.training)
+            return sync
+        for name, child in list(module._modules.items()):
+            module._modules[name] = cls.convert_sync_batchnorm(child)
+        return module
 
 
 class Dropout(Module):

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from dlx import nn
+from dlx import distributed, nn
 from dlx._device import device as _device
 from dlx._device import get_namespace, to_numpy
 from dlx._grad_mode import no_grad
@@ -44,6 +44,7 @@ def gan_step(generator, discriminator, real, z, g_optimizer, d_optimizer, loss_f
     out_fake = discriminator(fake)
     loss_fake = loss_fn(out_fake, xp.zeros_like(out_fake))
     discriminator.backward_params(loss_fn.backward())
+    distributed.allreduce_gradients(discriminator)  # data parallel: the ranks' mean (else nothing)
     d_optimizer.step()
     d_optimizer.zero_grad()
 
@@ -56,6 +57,7 @@ def gan_step(generator, discriminator, real, z, g_optimizer, d_optimizer, loss_f
     finally:
         discriminator.requires_grad_(True)
     generator.backward_params(dfake)
+    distributed.allreduce_gradients(generator)
     g_optimizer.step()
     g_optimizer.zero_grad()
     return {"d_loss": loss_real + loss_fake, "g_loss": g_loss,
@@ -96,6 +98,11 @@ def train_gan(generator, discriminator, loader, epochs: int, lr: float = 2e-4,
     A NaN or infinite mean loss raises FloatingPointError at the end of its epoch (losses
     are summed on the device and read back every 50 steps, not synchronised every step),
     before the callback, so no checkpoint of the broken weights is written.
+
+    Under ``mpiexec -n N`` (``dlx.distributed``, with a loader made with ``shard=(rank,
+    world)``) every rank draws its own noise, ``gan_step`` averages the gradients, the
+    epoch's figures are averaged over the ranks and only rank 0 shows progress; the callback
+    runs on every rank (so schedulers step everywhere): write files there on rank 0 only.
     """
     from tqdm.auto import tqdm
 
@@ -112,6 +119,7 @@ def train_gan(generator, discriminator, loader, epochs: int, lr: float = 2e-4,
     d_optimizer = d_optimizer or optim.Adam(discriminator.parameters(), lr=lr, betas=betas)
     loss_fn = nn.BCEWithLogitsLoss()
     dtype = generator.dtype or "float32"
+    progress = progress and distributed.is_main()
     history: dict = {}
     for epoch in range(1, epochs + 1):
         generator.train()
@@ -137,6 +145,9 @@ def train_gan(generator, discriminator, loader, epochs: int, lr: float = 2e-4,
         if steps == 0:
             raise ValueError("train_gan: the loader produced no batches")
         elapsed = time.perf_counter() - t0
+        if distributed.world_size() > 1:  # every rank ran as many steps: mean of the means
+            sums = {k: distributed.all_reduce(v, "mean") for k, v in sums.items()}
+            seen = int(to_numpy(distributed.all_reduce(np.asarray(seen))))
         logs = {"epoch": epoch, **{k: float(to_numpy(v)) / steps for k, v in sums.items()},
                 "time_s": elapsed, "images_per_s": seen / elapsed}
         if not (math.isfinite(logs["d_loss"]) and math.isfinite(logs["g_loss"])):

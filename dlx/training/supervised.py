@@ -11,6 +11,7 @@ import math
 import os
 import time
 
+from dlx import distributed
 from dlx._device import get_namespace, to_numpy
 from dlx._grad_mode import no_grad
 from dlx.nn import functional as F
@@ -86,6 +87,8 @@ class Checkpoint(Callback):
         return f"{stem}.best{ext or '.npz'}"
 
     def _write(self, path, state, epoch):
+        if not distributed.is_main():  # data parallel: one file, written by rank 0
+            return
         sched = state.get("scheduler")
         save(path, state["model"], state["optimizer"], **{
             **self.meta, "epoch": epoch + 1, "history": state["history"].to_dict(),
@@ -192,12 +195,22 @@ def evaluate(model, loss_fn, loader, metrics=("accuracy",), flip_tta: bool = Fal
             n += y.shape[0]
     finally:
         model.train(was_training)
+    if distributed.world_size() > 1:  # each rank scored its shard: add them up
+        total, correct, n = _sum_over_ranks(total, correct, n)
     if n == 0:
         raise ValueError("evaluate: the loader produced no batches")
     logs = {"loss": total / n}
     if "accuracy" in metrics:
         logs["accuracy"] = correct / n
     return logs
+
+
+def _sum_over_ranks(*values):
+    """Host numbers summed over the ranks of a data-parallel run (one small all-reduce)."""
+    import numpy as np
+
+    out = distributed.all_reduce(np.asarray(values, dtype=np.float64))
+    return tuple(float(v) for v in out)
 
 
 def fit(model, loss_fn, optimizer, train_loader, epochs: int, val_loader=None, scheduler=None,
@@ -210,6 +223,10 @@ def fit(model, loss_fn, optimizer, train_loader, epochs: int, val_loader=None, s
     ``Checkpoint``, ``EarlyStopping`` or any ``Callback``. ``progress`` shows one tqdm bar
     per epoch (loss, accuracy, images/s); False prints nothing. To resume, load a checkpoint
     with ``dlx.load`` and pass ``initial_epoch=meta["epoch"]`` and ``history=meta["history"]``.
+    Under ``mpiexec -n N`` (``dlx.distributed``) each rank trains on its shard of a loader
+    made with ``shard=(rank, world)``, gradients are averaged between backward and the
+    optimizer step (weighted by ``shard_weight`` for an uneven last batch), the epoch's
+    figures are summed over the ranks, and only rank 0 shows progress and writes checkpoints.
     A NaN or infinite loss raises FloatingPointError naming the epoch and step; checkpoints
     already written are kept. Weights are checked finite at the end of each epoch (and the
     validation loss, if any) before any callback runs, so a checkpoint holds good weights.
@@ -225,6 +242,9 @@ def fit(model, loss_fn, optimizer, train_loader, epochs: int, val_loader=None, s
     state = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "history": hist,
              "epochs": epochs}
     per_batch = scheduler is not None and getattr(scheduler, "per_batch", False)
+    parallel = distributed.world_size() > 1
+    sharded = parallel and getattr(train_loader, "world", 1) > 1
+    progress = progress and distributed.is_main()
     for cb in callbacks:
         cb.on_train_begin(state)
     if hasattr(train_loader, "set_epoch"):
@@ -239,23 +259,27 @@ def fit(model, loss_fn, optimizer, train_loader, epochs: int, val_loader=None, s
         t0 = time.perf_counter()
         total, correct, seen = 0.0, 0, 0
         for step, (x, y) in enumerate(train_loader):
-            out = model(x)
-            loss = loss_fn(out, y)
-            value = float(to_numpy(loss))
-            if not math.isfinite(value):
-                bar.close()
-                raise _stopped(f"loss became {value} at epoch {epoch + 1}, step {step + 1}: "
-                               f"training stopped (try a lower learning rate)", callbacks)
-            model.backward_params(loss_fn.backward())  # dL/dx of the input is not needed
+            n = y.shape[0]  # 0 only on a rank whose part of a short last batch is empty
+            if n:
+                out = model(x)
+                loss = loss_fn(out, y)
+                value = float(to_numpy(loss))
+                if not math.isfinite(value):
+                    bar.close()
+                    raise _stopped(f"loss became {value} at epoch {epoch + 1}, step {step + 1}: "
+                                   f"training stopped (try a lower learning rate)", callbacks)
+                model.backward_params(loss_fn.backward())  # dL/dx of the input is not needed
+                total += value * n
+                seen += n
+                if "accuracy" in metrics:
+                    correct += int(to_numpy(_correct(get_namespace(out), out, y)))
+            if parallel:
+                distributed.allreduce_gradients(
+                    model, weight=train_loader.shard_weight(step) if sharded else None)
             optimizer.step()
             optimizer.zero_grad()
             if per_batch:
                 scheduler.step()
-            n = y.shape[0]
-            total += value * n
-            seen += n
-            if "accuracy" in metrics:
-                correct += int(to_numpy(_correct(get_namespace(out), out, y)))
             if progress:
                 elapsed = time.perf_counter() - t0
                 post = {"loss": f"{total / seen:.4f}"}
@@ -266,6 +290,8 @@ def fit(model, loss_fn, optimizer, train_loader, epochs: int, val_loader=None, s
                 bar.update(1)
         elapsed = time.perf_counter() - t0
         bar.close()
+        if parallel:
+            total, correct, seen = _sum_over_ranks(total, correct, seen)
         if seen == 0:
             raise ValueError("fit: the training loader produced no batches")
         if not _weights_finite(model):  # the last step's loss was finite, its result may not be

@@ -33,7 +33,12 @@ from dlx.nn.functional.loss import (
     nll_loss,
     one_hot,
 )
-from dlx.nn.functional.normalization import batch_norm, dropout, update_running_stats
+from dlx.nn.functional.normalization import (
+    batch_norm,
+    dropout,
+    sync_batch_norm,
+    update_running_stats,
+)
 from dlx.nn.functional.pooling import avg_pool2d, max_pool2d, upsample_nearest2d
 
 __all__ = [
@@ -42,5 +47,5 @@ __all__ = [
     "conv_transpose2d_output_size", "cross_entropy", "dropout", "elu", "identity",
     "is_grad_enabled", "leaky_relu", "linear", "log_softmax", "max_pool2d", "mse_loss",
     "nll_loss", "no_grad", "one_hot", "op", "relu", "reshape", "selu", "sigmoid", "softmax",
-    "tanh", "update_running_stats", "upsample_nearest2d",
+    "sync_batch_norm", "tanh", "update_running_stats", "upsample_nearest2d",
 ]

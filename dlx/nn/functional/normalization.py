@@ -60,6 +60,48 @@ class batch_norm:
         return dx, dw, db
 
 
+@op
+class sync_batch_norm:
+    """batch_norm with the batch statistics, and the sums its backward needs, taken over every
+    rank of a data-parallel world: ``all_reduce(a)`` returns the sum of ``a`` over the ranks
+    (two packed reductions forward, one backward). ``ctx.aux`` is (mean, biased var, count)
+    of the global batch. backward(ctx, dy, need_params=True) -> (dx, dweight, dbias), the
+    parameter gradients summed over this rank's part only (``allreduce_gradients`` adds the
+    ranks). Equal to batch_norm over the concatenated batch when the ranks' parts are equal.
+    """
+
+    def forward(x, weight, bias, eps, all_reduce):
+        xp = get_namespace(x)
+        c = x.shape[1]
+        axes = (0,) + tuple(range(2, x.ndim))
+        bshape = (1, c) + (1,) * (x.ndim - 2)
+        local = xp.full((1,), x.size // c, dtype=x.dtype, device=x.device)
+        sums = all_reduce(xp.concat([xp.sum(x, axis=axes), local]))
+        count = sums[c]
+        mean = xp.reshape(sums[:c] / count, bshape)
+        xc = x - mean
+        var = xp.reshape(all_reduce(xp.sum(xc * xc, axis=axes)) / count, bshape)
+        invstd = 1.0 / xp.sqrt(var + eps)
+        xhat = xc * invstd
+        y = xhat if weight is None else xhat * xp.reshape(weight, bshape) + xp.reshape(bias, bshape)
+        aux = (xp.reshape(mean, (c,)), xp.reshape(var, (c,)), count)
+        return y, (xhat, invstd, axes, bshape, weight, count, all_reduce), aux
+
+    def backward(saved, dy, need_params=True):
+        xhat, invstd, axes, bshape, weight, count, all_reduce = saved
+        xp = get_namespace(dy)
+        c = xhat.shape[1]
+        dw = db = None
+        if weight is not None and need_params:
+            dw = xp.sum(dy * xhat, axis=axes)
+            db = xp.sum(dy, axis=axes)
+        dxhat = dy if weight is None else dy * xp.reshape(weight, bshape)
+        sums = all_reduce(xp.concat([xp.sum(dxhat, axis=axes), xp.sum(dxhat * xhat, axis=axes)]))
+        mean_dxhat = xp.reshape(sums[:c] / count, bshape)
+        mean_dxhat_xhat = xp.reshape(sums[c:] / count, bshape)
+        return invstd * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat), dw, db
+
+
 def update_running_stats(running_mean, running_var, batch_mean, batch_var, count, factor):
     """The new (running_mean, running_var): moved by ``factor`` towards the batch's mean and
     unbiased variance (PyTorch's rule)."""
