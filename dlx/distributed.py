@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 from dlx._device import device_of, get_namespace
 from dlx.dtypes import dtype_name
@@ -112,9 +113,12 @@ def _install_abort_hook(world: World) -> None:
     previous = sys.excepthook
 
     def hook(kind, value, tb):
+        # the one line first: mpiexec may drop what a rank wrote just before the abort
+        print(f"dlx.distributed: rank {world.rank} of {world.size} failed ({kind.__name__}: "
+              f"{value}); aborting all ranks", file=sys.stderr, flush=True)
         previous(kind, value, tb)
-        print(f"dlx.distributed: rank {world.rank} of {world.size} failed ({kind.__name__}); "
-              f"aborting all ranks", file=sys.stderr, flush=True)
+        sys.stderr.flush()
+        time.sleep(0.2)  # let the launcher forward the traceback before it tears down
         world.abort(1)
 
     sys.excepthook = hook

@@ -154,7 +154,8 @@ def test_a_rank_that_raises_stops_every_rank_naming_it(tmp_path):
     t = time.monotonic()
     proc = _run(["fail", tmp_path / "f.npz", 1], n=2, timeout=60)
     assert proc.returncode != 0 and time.monotonic() - t < 30
-    assert "dlx.distributed: rank 1 of 2 failed (RuntimeError); aborting all ranks" in proc.stderr
+    assert ("dlx.distributed: rank 1 of 2 failed (RuntimeError: rank 1 fails on purpose at step 3); "
+            "aborting all ranks") in proc.stderr
 
 
 @needs_mpi
@@ -162,7 +163,7 @@ def test_a_failing_rank_leaves_the_last_checkpoint_intact(tmp_path):
     ckpt = tmp_path / "model.npz"
     proc = _run(["fitfail", ckpt, 1], n=2, timeout=120)
     assert proc.returncode != 0
-    assert "rank 1 of 2 failed (RuntimeError)" in proc.stderr
+    assert "rank 1 of 2 failed (RuntimeError: rank 1 fails on purpose" in proc.stderr
     from dlx.models import MLP
 
     model = nn.Sequential(nn.Flatten(), MLP([12, 16, 10]))
