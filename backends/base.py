@@ -106,6 +106,11 @@ class Backend(abc.ABC):
         return self.max_resident_bytes is None or nbytes <= self.max_resident_bytes
 
     # ---- kernels (the seam the layers call) -----------------------------------------------------
+    def matmul(self, a, b):
+        """a (M, K) @ b (K, N) -> (M, N), for nn.Linear; a backend may split a large product
+        over threads (the CPU backend does, see backends/cpu/threads.py)."""
+        return self.xp.matmul(a, b)
+
     @abc.abstractmethod
     def conv2d(self, x, w, b, stride, padding, dilation):
         """y (N,OC,OH,OW) from x (N,C,H,W), w (OC,C,KH,KW), b (OC,) or None."""

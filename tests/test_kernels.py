@@ -322,6 +322,76 @@ def test_cpu_conv_lenet_shapes(x_shape, w_shape):
                         k_dw)
 
 
+@pytest.mark.parametrize("x_shape,w_shape,stride", [
+    ((4, 64, 14, 14), (128, 64, 4, 4), (2, 2)),  # DCGAN discriminator conv2 (split GEMMs)
+    ((3, 1, 28, 28), (64, 1, 4, 4), (2, 2)),  # DCGAN discriminator conv1
+    ((2, 64, 14, 14), (1, 64, 4, 4), (2, 2)),  # the generator's last ConvTranspose2d, as a conv
+])
+def test_cpu_conv_dcgan_shapes(x_shape, w_shape, stride):
+    """The strided im2col path at sizes where parallel_matmul splits its GEMMs."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    geo = (stride, (1, 1), (1, 1))
+    for _ in range(2):  # twice: the column workspace is reused between calls
+        y = cpu_conv.conv2d(x, w, None, *geo)
+        k_y, k_dx, k_dw = conv_terms(w_shape, y.shape)
+        assert_within_bound(y, ref_conv.conv2d(x64, w64, None, *geo),
+                            ref_conv.conv2d(np.abs(x64), np.abs(w64), None, *geo), k_y)
+        dy64 = rng.standard_normal(y.shape).astype(np.float32).astype(np.float64)
+        dy = dy64.astype(np.float32)
+        assert_within_bound(cpu_conv.conv2d_backward_data(dy, w, x_shape, *geo),
+                            ref_conv.conv2d_backward_data(dy64, w64, x_shape, *geo),
+                            ref_conv.conv2d_backward_data(np.abs(dy64), np.abs(w64), x_shape, *geo),
+                            k_dx)
+        assert_within_bound(cpu_conv.conv2d_backward_weight(x, dy, w_shape, *geo),
+                            ref_conv.conv2d_backward_weight(x64, dy64, w_shape, *geo),
+                            ref_conv.conv2d_backward_weight(np.abs(x64), np.abs(dy64), w_shape, *geo),
+                            k_dw)
+
+
+@pytest.mark.parametrize("m,k,n", [(128, 1024, 400), (1024, 128, 392), (600, 300, 100)])
+@pytest.mark.parametrize("layout", ["C", "F"])
+def test_parallel_matmul_is_matmul_bit_for_bit(m, k, n, layout):
+    """Split by columns (n >= m) or rows, over threads: every element is still one BLAS dot
+    product over all of k, so the result is np.matmul's exactly (F: transposed operands)."""
+    from dlx.backends.cpu import threads
+
+    threads.configure()
+    rng = np.random.default_rng(6)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    if layout == "F":
+        a, b = np.asfortranarray(a), np.asfortranarray(b)
+    assert m * k * n >= threads._SPLIT_MIN_MACS
+    want = np.matmul(a, b)
+    np.testing.assert_array_equal(threads.parallel_matmul(a, b), want)
+    out = np.empty_like(want)
+    assert threads.parallel_matmul(a, b, out=out) is out
+    np.testing.assert_array_equal(out, want)
+
+
+def test_init_draws_in_chunks_the_values_of_one_draw(monkeypatch):
+    """dlx.init draws at most _CHUNK float64 values at a time (bounded memory) and gets the
+    values one float64 draw of the whole shape gives, cast to float32."""
+    import dlx
+    from dlx import init, nn
+
+    monkeypatch.setattr(init, "_CHUNK", 1000)
+    for fill in ("uniform", "normal"):
+        dlx.manual_seed(3)
+        p = nn.Parameter(dlx.asarray(np.zeros((70, 33), np.float32)))
+        (init.uniform_(p, -0.5, 0.25) if fill == "uniform" else init.normal_(p, 0.1, 0.02))
+        monkeypatch.setattr(init, "_CHUNK", 1 << 40)
+        dlx.manual_seed(3)
+        q = nn.Parameter(dlx.asarray(np.zeros((70, 33), np.float32)))
+        (init.uniform_(q, -0.5, 0.25) if fill == "uniform" else init.normal_(q, 0.1, 0.02))
+        monkeypatch.setattr(init, "_CHUNK", 1000)
+        assert p.data.dtype == np.float32 and p.data.shape == (70, 33)
+        np.testing.assert_array_equal(dlx.to_numpy(p.data), dlx.to_numpy(q.data))
+
+
 def test_cpu_conv_accepts_non_contiguous_and_rejects_mixed_dtypes():
     rng = np.random.default_rng(4)
     x = rng.standard_normal((2, 5, 3, 9)).astype(np.float32).transpose(0, 2, 1, 3)

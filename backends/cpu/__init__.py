@@ -48,6 +48,7 @@ class CPUBackend(Backend):
         world.broadcast_host(out, root)
         return out
 
+    matmul = staticmethod(threads.parallel_matmul)
     conv2d = staticmethod(conv.conv2d)
     conv2d_backward_data = staticmethod(conv.conv2d_backward_data)
     conv2d_backward_weight = staticmethod(conv.conv2d_backward_weight)

@@ -7,6 +7,18 @@ may use, and the BLAS one thread. Within a training step the two alternate every
 microseconds, and OpenBLAS's idle workers busy-wait (about 0.1 s) after each call, so with
 BLAS threads a Numba kernel that follows a matmul shares its cores with spinning threads.
 The matmuls in LeNet-sized layers are too small to gain from more than one thread anyway.
+
+Large GEMMs (nn.Linear through ``CPUBackend.matmul``, the im2col convolutions) still get every
+core: from ``_SPLIT_MIN_MACS`` (2^24) multiply-adds up, ``parallel_matmul`` splits the larger
+output side (columns of b when N >= M, else rows of a) over Numba's thread count in Python
+threads, each calling the one-thread BLAS. Idle Python threads sleep, so nothing spins after
+the call. Measured on the DCGAN conv's forward GEMM (128x1024 @ 1024x3136, one process,
+interleaved, 2026-11-30): one thread 8.7 ms, rows split over 2 threads 4.9 ms, OpenBLAS's own
+2 threads 4.5 ms, but after an OpenBLAS 2-thread call its idle worker spins for ~0.1 s and
+the Numba kernels that follow slow down (im2col 4.8 -> 8-10 ms, col2im 8.7 -> 10.6-18.5 ms in
+the same loop). A row split makes every thread pack the whole of b (12.8 MB here): the column
+split packs each half once and gives the same bits (each element is one BLAS dot product over
+all of K; tests/test_kernels.py checks it against np.matmul bit for bit).
 A user who sets OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, MKL_NUM_THREADS or DLX_BLAS_THREADS
 keeps their setting; DLX_NUM_THREADS caps Numba's threads.
 """
@@ -158,30 +170,41 @@ def threading_info() -> dict:
     }
 
 
-def parallel_matmul(a, b):
-    """``a @ b`` for 2-D arrays, its rows split over Numba's thread count in Python threads.
+def parallel_matmul(a, b, out=None):
+    """``a @ b`` for 2-D arrays (M, K) @ (K, N), split over Numba's thread count in Python
+    threads: the columns of b when N >= M, else the rows of a.
 
-    With the BLAS on one thread (the rule above), this is how the large GEMMs of the im2col
-    convolutions still use every core: NumPy releases the GIL inside matmul, and idle Python
-    threads sleep instead of spinning, so nothing is left competing with the Numba kernels.
+    With the BLAS on one thread (the rule above), this is how large GEMMs still use every
+    core: NumPy releases the GIL inside matmul, and idle Python threads sleep instead of
+    spinning, so nothing is left competing with the Numba kernels. Splitting the larger side
+    matters: every thread packs the whole of the operand it does not split, so a row split of
+    (128, 1024) @ (1024, 3136) packed the 12.8 MB b twice and ran slower than one thread.
+    Each output element is one BLAS dot product over all of K either way.
     """
     global _pool, _pool_workers
     P = numba.get_num_threads()
-    M = a.shape[0]
-    if P < 2 or M < 2 * P or M * a.shape[1] * b.shape[1] < _SPLIT_MIN_MACS:
-        return a @ b
-    if blas_threads() != 1:  # a multithreaded BLAS splits the work itself
-        return a @ b
+    M, N = a.shape[0], b.shape[1]
+    if P < 2 or max(M, N) < 2 * P or M * a.shape[1] * N < _SPLIT_MIN_MACS \
+            or blas_threads() != 1:  # small, or a multithreaded BLAS splits the work itself
+        return np.matmul(a, b, out=out)
     with _pool_lock:
         if _pool_workers < P:
             _pool = ThreadPoolExecutor(max_workers=P, thread_name_prefix="dlx-matmul")
             _pool_workers = P
-    out = np.empty((M, b.shape[1]), dtype=np.result_type(a, b))
-    bounds = [M * p // P for p in range(P + 1)]
+    if out is None:
+        out = np.empty((M, N), dtype=np.result_type(a, b))
+    by_cols = N >= M
+    S = N if by_cols else M
+    # column blocks rounded to 16 (whole vectors, so BLAS's edge kernels stay off the seams)
+    bounds = [min(S, (S * p // P + 15) // 16 * 16) if by_cols else S * p // P for p in range(P)] + [S]
 
-    def rows(p):
-        np.matmul(a[bounds[p] : bounds[p + 1]], b, out=out[bounds[p] : bounds[p + 1]])
+    def part(p):
+        lo, hi = bounds[p], bounds[p + 1]
+        if by_cols:
+            np.matmul(a, b[:, lo:hi], out=out[:, lo:hi])
+        else:
+            np.matmul(a[lo:hi], b, out=out[lo:hi])
 
-    for future in [_pool.submit(rows, p) for p in range(P)]:
+    for future in [_pool.submit(part, p) for p in range(P)]:
         future.result()
     return out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dlx._device import get_namespace
+from dlx._device import device_of, get_namespace
 from dlx.nn.functional._op import op
 
 
@@ -18,7 +18,7 @@ class linear:
         xp = get_namespace(x)
         out_features, in_features = weight.shape
         x2 = xp.reshape(x, (-1, in_features))
-        y = xp.matmul(x2, weight.T)
+        y = device_of(weight).backend.matmul(x2, weight.T)
         if bias is not None:
             y = y + bias
         return xp.reshape(y, (*x.shape[:-1], out_features)), (x2, tuple(x.shape), weight, bias is not None)
@@ -26,14 +26,15 @@ class linear:
     def backward(saved, dy, need_dx=True, need_params=True):
         x2, x_shape, weight, has_bias = saved
         xp = get_namespace(dy)
+        matmul = device_of(weight).backend.matmul
         dy2 = xp.reshape(dy, (-1, weight.shape[0]))
         dw = db = dx = None
         if need_params:
-            dw = xp.matmul(dy2.T, x2)
+            dw = matmul(dy2.T, x2)
             if has_bias:
                 db = xp.sum(dy2, axis=0)
         if need_dx:
-            dx = xp.reshape(xp.matmul(dy2, weight), x_shape)
+            dx = xp.reshape(matmul(dy2, weight), x_shape)
         return dx, dw, db
 
 
