@@ -17,7 +17,7 @@ what a captured step would cost). The networks' alpha and beta are typical publi
 figures, not measurements: 10 Gbit/s Ethernet (TCP) 25 us, 1.25 GB/s; 100 Gbit/s RDMA
 (InfiniBand/RoCE) 3 us, 12.5 GB/s; NVLink within an H100 node (NCCL bus bandwidth)
 5 us, 300 GB/s. The one measured all-reduce here (two ranks on this VM, shared memory,
-LeNet-5's packed gradients) calibrates the formula's scale, nothing more.
+LeNet-5's packed gradients) is quoted beside the table, not fitted into it.
 """
 
 from __future__ import annotations
@@ -92,7 +92,8 @@ def main() -> int:
             best = json.load(f)["best"]["2 ranks x 1 thread"]
         print(f"\nMeasured here: 2 ranks, shared memory, {sizes['LeNet-5'][0] / 1e3:.0f} kB: "
               f"{best['allreduce_ms_median'] * 1e3:.0f} us a step (median, waiting for the other "
-              f"rank included), {100 * best['allreduce_share']:.2f} % of the step.")
+              f"rank included), {100 * best['allreduce_share']:.2f} % of the step; alone, the ranks "
+              f"in step, {best['allreduce_alone_us']:.0f} us (packing and unpacking included).")
     return 0
 
 
