@@ -17,8 +17,8 @@
 # Offline machine: packages missing there (pytest, array-api-compat, array-api-strict, tqdm)
 # are installed from a wheelhouse if the repo copy carries one, made beforehand with
 #     pip download --no-deps -d build/wheelhouse pytest pluggy iniconfig packaging pygments \
-#         array-api-compat array-api-strict tqdm "setuptools>=77"
-# (3 MB of pure-Python wheels; build/ is git-ignored, so pass carry=["build/wheelhouse"]).
+#         array-api-compat array-api-strict tqdm "setuptools>=77" mpi4py mpich
+# (about 17 MB with mpich's binaries; build/ is git-ignored, so pass carry=["build/wheelhouse"]).
 # Without array-api-compat dlx.device("cuda") raises DeviceError and the cuda tests skip.
 
 set -u

@@ -64,9 +64,11 @@ install_missing() {
     for wh in build/wheelhouse wheelhouse dist/wheelhouse; do
         [ -d "$wh" ] || continue
         for mod_pkg in pytest:pytest array_api_compat:array-api-compat \
-                       array_api_strict:array-api-strict tqdm:tqdm; do
+                       array_api_strict:array-api-strict tqdm:tqdm mpi4py:mpi4py; do
             has "${mod_pkg%%:*}" || "$PY" -m pip install --no-index --find-links "$wh" "${mod_pkg#*:}"
         done
+        # mpiexec for the data-parallel tests (tests/test_distributed.py), from the mpich wheel
+        command -v mpiexec >/dev/null || "$PY" -m pip install --no-index --find-links "$wh" mpich
         # pyproject.toml's SPDX licence string needs setuptools >= 77 to build
         "$PY" -c "import setuptools, sys; sys.exit(int(setuptools.__version__.split('.')[0]) < 77)" ||
             "$PY" -m pip install --no-index --find-links "$wh" "setuptools>=77"

@@ -237,3 +237,44 @@ def test_dlx_gan_on_two_ranks_writes_once(mnist_dir, tmp_path):
     assert [e["epoch"] for e in report["epochs"]] == [1, 2]
     assert all(np.isfinite(e["d_loss"]) and np.isfinite(e["g_loss"]) for e in report["epochs"])
     assert (tmp_path / "gan/generator.npz").exists()
+
+
+# ---- on a GPU (run by benchmarks/gpu_check.sh where one is lent) ----------------------------------
+def _cuda_ok():
+    from tests.conftest import HAS_CUDA
+
+    return HAS_CUDA
+
+
+@pytest.mark.cuda
+@needs_mpi
+def test_nccl_all_reduce_and_broadcast_on_one_rank():
+    """The NCCL path itself, in a world of one built by hand (a real run of one skips NCCL)."""
+    if not _cuda_ok():
+        pytest.skip("no usable CUDA GPU (CuPy)")
+    from dlx.backends.cuda import nccl
+    from mpi4py import MPI
+
+    world = dist.World(MPI.COMM_WORLD)
+    dev = dlx.device("cuda")
+    assert nccl.communicator(world, dev.index) is not None, "NCCL could not start"
+    x = dev.asarray(np.arange(10, dtype=np.float32))
+    np.testing.assert_array_equal(dlx.to_numpy(dev.backend.all_reduce(world, x, dev.index)),
+                                  np.arange(10, dtype=np.float32))
+    np.testing.assert_array_equal(dlx.to_numpy(dev.backend.broadcast(world, x, 0, dev.index)),
+                                  np.arange(10, dtype=np.float32))
+
+
+@pytest.mark.cuda
+@needs_mpi
+def test_two_ranks_on_one_gpu_train_as_one_process(tmp_path, monkeypatch):
+    """Two ranks sharing one GPU: NCCL refuses that, the host-staged all-reduce steps in."""
+    if not _cuda_ok():
+        pytest.skip("no usable CUDA GPU (CuPy)")
+    monkeypatch.setenv("DLX_DEVICE", "cuda")
+    two, one = tmp_path / "two.npz", tmp_path / "one.npz"
+    proc = _run(["lenet", two, 8], n=2, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _run(["lenet", one, 16], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    _close(one, two)
