@@ -18,7 +18,7 @@ import pytest
 import dlx
 from dlx import nn
 from dlx.nn import functional as F
-from dlx.testing import nn_case, op_checks, tie_free, xp_assert_close
+from dlx.testing import labels, nn_case, op_checks, tie_free, xp_assert_close
 
 
 # ---- NumPy references: ref(module, float64 state dict, x) -> y -----------------------------
@@ -266,6 +266,14 @@ CASES = [
     dataclasses.replace(nn_case("syncbn_world1", "SyncBatchNorm", (3,), inputs=(4, 3, 3, 5),
                                 torch=False, **BN), torch=lambda torch: torch.nn.BatchNorm2d(3)),
     nn_case("dropout", "Dropout", (0.3,), inputs=(4, 6), torch=False, **DROPOUT),  # one seeded mask
+    nn_case("embedding", "Embedding", (7, 3), inputs=(labels((4, 5), 7),),
+            ref=lambda m, p, idx: p["weight"][idx],
+            functional=lambda m, idx: F.embedding.forward(idx, m.weight.data)),
+    nn_case("embedding_padding", "Embedding", (7, 3), {"padding_idx": 2},
+            inputs=(labels((6,), 7),), ref=lambda m, p, idx: p["weight"][idx],
+            functional=lambda m, idx: F.embedding.forward(idx, m.weight.data, m.padding_idx),
+            not_checked={"gradcheck": "the padding row gets no gradient by design (PyTorch's "
+                                      "rule); the torch check covers it"}),
     nn_case("dropout_p0", "Dropout", (0.0,), inputs=(4, 6), ref=ref_identity, **DROPOUT),
     nn_case("dropout_eval", "Dropout", (0.3,), inputs=(4, 6), eval_mode=True, ref=ref_identity,
             **DROPOUT),

@@ -2,6 +2,7 @@
 
 from dlx.nn.activation import ELU, SELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
 from dlx.nn.conv import Conv2d, ConvTranspose2d
+from dlx.nn.embedding import Embedding
 from dlx.nn.linear import Flatten, Identity, Linear, Unflatten
 from dlx.nn.loss import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, MSELoss, NLLLoss
 from dlx.nn.module import Module, Parameter, Sequential
@@ -10,7 +11,7 @@ from dlx.nn.pooling import AvgPool2d, MaxPool2d, Upsample
 
 __all__ = [
     "AvgPool2d", "BCELoss", "BCEWithLogitsLoss", "BatchNorm1d", "BatchNorm2d", "Conv2d",
-    "ConvTranspose2d", "CrossEntropyLoss", "Dropout", "ELU", "Flatten", "Identity", "LeakyReLU",
+    "ConvTranspose2d", "CrossEntropyLoss", "Dropout", "ELU", "Embedding", "Flatten", "Identity", "LeakyReLU",
     "Linear", "LogSoftmax", "MSELoss", "MaxPool2d", "Module", "NLLLoss", "Parameter", "ReLU",
     "SELU", "Sequential", "SyncBatchNorm", "Sigmoid", "Softmax", "Tanh", "Unflatten", "Upsample",
 ]

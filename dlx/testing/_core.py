@@ -39,9 +39,12 @@ def gradcheck(module, x, *extra, eps=1e-6, rtol=1e-5, atol=1e-7, seed=0, check_p
     The scalar checked is L = sum(module(x, *extra) * r) with a fixed random r (or
     ``upstream``); for a loss (0-d output) r is a scalar. Module and ``x`` must be float64.
     ``seed`` reseeds dlx before every forward so random layers (Dropout) use one mask.
+    Integer ``x`` (indices, as for Embedding) gets no gradient: backward must return None
+    and only the parameters are checked.
     Returns True or raises AssertionError naming the worst element.
     """
-    if dtype_name(x.dtype) != "float64":
+    integer_input = dtype_name(x.dtype).startswith(("int", "uint"))  # indices: no gradient
+    if dtype_name(x.dtype) != "float64" and not integer_input:
         raise ValueError("gradcheck needs float64 inputs and a float64 module (module.double())")
     dev = device_of(x)
     xp = dev.xp
@@ -64,8 +67,13 @@ def gradcheck(module, x, *extra, eps=1e-6, rtol=1e-5, atol=1e-7, seed=0, check_p
     for p in module.parameters():
         p.grad = None
     dx = module.backward(r)
-    analytic = {"input": to_numpy(dx)}
-    targets = {"input": None}
+    if integer_input:
+        if dx is not None:
+            raise AssertionError(f"gradcheck {type(module).__name__}: backward returned a gradient "
+                                 f"for integer indices; expected None")
+        analytic, targets = {}, {}
+    else:
+        analytic, targets = {"input": to_numpy(dx)}, {"input": None}
     if check_params:
         for name, p in module.named_parameters():
             if p.requires_grad:

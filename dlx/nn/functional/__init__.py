@@ -24,7 +24,7 @@ from dlx.nn.functional.activation import (
     tanh,
 )
 from dlx.nn.functional.conv import conv2d, conv_transpose2d, conv_transpose2d_output_size
-from dlx.nn.functional.linear import identity, linear, reshape
+from dlx.nn.functional.linear import embedding, identity, linear, reshape
 from dlx.nn.functional.loss import (
     binary_cross_entropy,
     binary_cross_entropy_with_logits,
@@ -44,7 +44,7 @@ from dlx.nn.functional.pooling import avg_pool2d, max_pool2d, upsample_nearest2d
 __all__ = [
     "Context", "Op", "avg_pool2d", "batch_norm", "binary_cross_entropy",
     "binary_cross_entropy_with_logits", "conv2d", "conv_transpose2d",
-    "conv_transpose2d_output_size", "cross_entropy", "dropout", "elu", "identity",
+    "conv_transpose2d_output_size", "cross_entropy", "dropout", "elu", "embedding", "identity",
     "is_grad_enabled", "leaky_relu", "linear", "log_softmax", "max_pool2d", "mse_loss",
     "nll_loss", "no_grad", "one_hot", "op", "relu", "reshape", "selu", "sigmoid", "softmax",
     "sync_batch_norm", "tanh", "update_running_stats", "upsample_nearest2d",

@@ -1,4 +1,5 @@
-"""The affine map and the shape-only ops: linear, reshape (Flatten, Unflatten), identity."""
+"""The affine map, the table lookup and the shape-only ops: linear, embedding, reshape
+(Flatten, Unflatten), identity."""
 
 from __future__ import annotations
 
@@ -58,3 +59,30 @@ class identity:
 
     def backward(_, dy):
         return (dy,)
+
+
+@op
+class embedding:
+    """Rows of ``weight`` (num_embeddings, dim) picked by integer ``indices`` (any shape) ->
+    (*indices.shape, dim). backward(ctx, dy, need_params=True) -> (None, dweight): each
+    row's gradient is the sum of dy over the places that picked it (none for ``padding_idx``),
+    computed as one_hot(indices)^T dy, a matmul every namespace has (no scatter-add in the
+    Array API; fine for the class embeddings of a conditional GAN, heavy for large vocabularies).
+    """
+
+    def forward(indices, weight, padding_idx=None):
+        xp = get_namespace(weight)
+        flat = xp.reshape(indices, (-1,))
+        y = xp.take(weight, flat, axis=0)
+        return xp.reshape(y, (*indices.shape, weight.shape[1])), (flat, weight.shape, padding_idx)
+
+    def backward(saved, dy, need_params=True):
+        flat, (num, dim), padding_idx = saved
+        if not need_params:
+            return None, None
+        xp = get_namespace(dy)
+        rows = xp.arange(num, device=dy.device)
+        picked = xp.reshape(flat, (-1, 1)) == rows  # (N, num)
+        if padding_idx is not None:
+            picked = picked & (rows != padding_idx)
+        return None, xp.matmul(xp.astype(picked, dy.dtype).T, xp.reshape(dy, (-1, dim)))
