@@ -18,7 +18,7 @@ import pytest
 import dlx
 from dlx import nn
 from dlx.nn import functional as F
-from dlx.testing import labels, nn_case, op_checks, tie_free, xp_assert_close
+from dlx.testing import OpCase, labels, nn_case, op_checks, tie_free, xp_assert_close
 
 
 # ---- NumPy references: ref(module, float64 state dict, x) -> y -----------------------------
@@ -220,6 +220,25 @@ AVGPOOL = {"ref": ref_avgpool, "functional": f_avgpool}
 BN = {"ref": ref_batch_norm, "functional": f_batch_norm}
 DROPOUT = {"functional": f_dropout}
 
+def ref_spectral_linear(power_iteration):
+    def ref(m, p, x):
+        w, u, v = p["weight_orig"], p["weight_u"], p["weight_v"]
+        if power_iteration:
+            v = w.T @ u
+            v = v / max(np.linalg.norm(v), 1e-12)
+            u = w @ v
+            u = u / max(np.linalg.norm(u), 1e-12)
+        return x @ (w / (u @ w @ v)).T + p["bias"]
+    return ref
+
+
+def spectral(make):
+    return lambda dev, dtype: nn.utils.spectral_norm(make()).to(dev, dtype)
+
+
+TRAIN_CHANGES_U = {"gradcheck": "in training every forward moves u and v (a power-iteration "
+                                "step), so the function is not fixed; the eval rows check it"}
+
 CASES = [
     nn_case("linear", "Linear", (5, 3), inputs=(4, 5), **LINEAR),
     nn_case("linear_nobias", "Linear", (5, 3), {"bias": False}, inputs=(4, 5), **LINEAR),
@@ -266,6 +285,21 @@ CASES = [
     dataclasses.replace(nn_case("syncbn_world1", "SyncBatchNorm", (3,), inputs=(4, 3, 3, 5),
                                 torch=False, **BN), torch=lambda torch: torch.nn.BatchNorm2d(3)),
     nn_case("dropout", "Dropout", (0.3,), inputs=(4, 6), torch=False, **DROPOUT),  # one seeded mask
+    OpCase("spectral_linear", spectral(lambda: nn.Linear(5, 3)), (4, 5),
+           ref=ref_spectral_linear(True), not_checked=TRAIN_CHANGES_U,
+           torch=lambda torch: torch.nn.utils.spectral_norm(torch.nn.Linear(5, 3))),
+    OpCase("spectral_linear_eval", spectral(lambda: nn.Linear(5, 3)), (4, 5), eval_mode=True,
+           ref=ref_spectral_linear(False),
+           torch=lambda torch: torch.nn.utils.spectral_norm(torch.nn.Linear(5, 3))),
+    OpCase("spectral_conv_eval", spectral(lambda: nn.Conv2d(2, 3, 3, stride=2)), (2, 2, 7, 7),
+           eval_mode=True,
+           torch=lambda torch: torch.nn.utils.spectral_norm(torch.nn.Conv2d(2, 3, 3, stride=2))),
+    OpCase("spectral_convT", spectral(lambda: nn.ConvTranspose2d(3, 2, 4, 2, 1)), (2, 3, 3, 3),
+           not_checked=TRAIN_CHANGES_U,
+           torch=lambda torch: torch.nn.utils.spectral_norm(torch.nn.ConvTranspose2d(3, 2, 4, 2, 1))),
+    OpCase("spectral_convT_eval", spectral(lambda: nn.ConvTranspose2d(3, 2, 4, 2, 1)), (2, 3, 3, 3),
+           eval_mode=True,
+           torch=lambda torch: torch.nn.utils.spectral_norm(torch.nn.ConvTranspose2d(3, 2, 4, 2, 1))),
     nn_case("embedding", "Embedding", (7, 3), inputs=(labels((4, 5), 7),),
             ref=lambda m, p, idx: p["weight"][idx],
             functional=lambda m, idx: F.embedding.forward(idx, m.weight.data)),

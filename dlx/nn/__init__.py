@@ -1,5 +1,6 @@
 """Layers, activations, losses and containers, with PyTorch's names, shapes and defaults."""
 
+from dlx.nn import utils  # noqa: E402  (spectral_norm needs the layers above)
 from dlx.nn.activation import ELU, SELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
 from dlx.nn.conv import Conv2d, ConvTranspose2d
 from dlx.nn.embedding import Embedding
@@ -13,5 +14,5 @@ __all__ = [
     "AvgPool2d", "BCELoss", "BCEWithLogitsLoss", "BatchNorm1d", "BatchNorm2d", "Conv2d",
     "ConvTranspose2d", "CrossEntropyLoss", "Dropout", "ELU", "Embedding", "Flatten", "Identity", "LeakyReLU",
     "Linear", "LogSoftmax", "MSELoss", "MaxPool2d", "Module", "NLLLoss", "Parameter", "ReLU",
-    "SELU", "Sequential", "SyncBatchNorm", "Sigmoid", "Softmax", "Tanh", "Unflatten", "Upsample",
+    "SELU", "Sequential", "SyncBatchNorm", "Sigmoid", "Softmax", "Tanh", "Unflatten", "Upsample", "utils",
 ]

@@ -51,8 +51,9 @@ Inputs: a shape is one standard-normal input; else a tuple of ``Input``s from ``
 first input is differentiated, the others (targets) are passed along; floats take the
 check's dtype, integers stay integers. ``eval_mode`` runs one training forward on other
 data (running statistics move) and then ``eval()``. ``not_checked={"gradcheck": "why"}``
-leaves a check out of a row, with its reason in the table (a gradient zero by design). Before every forward the harness reseeds
-dlx with ``seed``, so a random layer (Dropout) draws one mask in every call.
+leaves a check out of a row, with its reason in the table (a gradient zero by design).
+Before every forward the harness reseeds dlx with ``seed``, so a random layer (Dropout)
+draws one mask in every call.
 """
 
 from __future__ import annotations
