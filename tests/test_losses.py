@@ -11,7 +11,16 @@ import pytest
 import dlx
 from dlx import nn
 from dlx.nn import functional as F
-from dlx.testing import labels, log_probabilities, nn_case, normal, op_checks, uniform, xp_assert_close
+from dlx.testing import (
+    Input,
+    labels,
+    log_probabilities,
+    nn_case,
+    normal,
+    op_checks,
+    uniform,
+    xp_assert_close,
+)
 
 N, C = 6, 4
 
@@ -46,6 +55,23 @@ def ref_nll(m, p, x, t):
     return _reduce(m, -x[np.arange(len(t)), t])
 
 
+def ref_hinge(m, p, x, t):
+    if m.role == "generator":
+        return _reduce(m, -x)
+    return _reduce(m, np.maximum(0.0, 1.0 - (2 * t - 1) * x))
+
+
+def _off_the_hinges(rng, shape):
+    """Scores at least 0.2 away from -1 and 1, where the hinge loss has its kinks."""
+    bands = np.array([[-2.5, -1.2], [-0.8, 0.8], [1.2, 2.5]])
+    lo, hi = bands[rng.integers(0, 3, shape)].transpose(-1, *range(len(shape)))
+    return lo + (hi - lo) * rng.random(shape)
+
+
+SCORES = Input((N, 3), _off_the_hinges)
+REAL_OR_FAKE = Input((N, 3), lambda rng, s: rng.integers(0, 2, s).astype(np.float64))
+
+
 # ---- the table -----------------------------------------------------------------------------
 LOSSES = {  # class name -> (inputs (input, target), reference, functional pair)
     "MSELoss": ((normal((N, 3)), normal((N, 3))), ref_mse,
@@ -59,6 +85,7 @@ LOSSES = {  # class name -> (inputs (input, target), reference, functional pair)
     "NLLLoss": ((log_probabilities((N, C)), labels((N,), C)), ref_nll,
                 lambda m, x, t: F.nll_loss.forward(x, t, m.reduction)),
 }
+HINGE = ((SCORES, REAL_OR_FAKE), ref_hinge)
 LOSS_TOL = {"float64": (1e-12, 1e-12)}
 
 
@@ -73,6 +100,11 @@ def loss_case(name, reduction, **kwargs):
 CASES = [loss_case(name, reduction) for name in LOSSES for reduction in ("mean", "sum")]
 CASES += [loss_case("CrossEntropyLoss", reduction, label_smoothing=0.1) for reduction in ("mean", "sum")]
 CASES += [loss_case("CrossEntropyLoss", "mean", label_smoothing=0.2)]
+CASES += [nn_case(f"HingeGANLoss_{role}-{reduction}", "HingeGANLoss", (),
+                  {"reduction": reduction, "role": role}, inputs=HINGE[0], ref=HINGE[1], torch=False,
+                  tol=LOSS_TOL, functional=lambda m, x, t: F.hinge_gan_loss.forward(
+                      x, t, m.reduction, m.role))
+          for role in ("discriminator", "generator") for reduction in ("mean", "sum")]
 
 
 @pytest.mark.parametrize("case, check", op_checks(CASES))

@@ -5,14 +5,22 @@ from dlx.nn.activation import ELU, SELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, S
 from dlx.nn.conv import Conv2d, ConvTranspose2d
 from dlx.nn.embedding import Embedding
 from dlx.nn.linear import Flatten, Identity, Linear, Unflatten
-from dlx.nn.loss import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, MSELoss, NLLLoss
+from dlx.nn.loss import (
+    BCELoss,
+    BCEWithLogitsLoss,
+    CrossEntropyLoss,
+    HingeGANLoss,
+    MSELoss,
+    NLLLoss,
+)
 from dlx.nn.module import Module, Parameter, Sequential
 from dlx.nn.normalization import BatchNorm1d, BatchNorm2d, Dropout, SyncBatchNorm
 from dlx.nn.pooling import AvgPool2d, MaxPool2d, Upsample
 
 __all__ = [
-    "AvgPool2d", "BCELoss", "BCEWithLogitsLoss", "BatchNorm1d", "BatchNorm2d", "Conv2d",
-    "ConvTranspose2d", "CrossEntropyLoss", "Dropout", "ELU", "Embedding", "Flatten", "Identity", "LeakyReLU",
-    "Linear", "LogSoftmax", "MSELoss", "MaxPool2d", "Module", "NLLLoss", "Parameter", "ReLU",
-    "SELU", "Sequential", "SyncBatchNorm", "Sigmoid", "Softmax", "Tanh", "Unflatten", "Upsample", "utils",
+    "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "BCELoss", "BCEWithLogitsLoss", "Conv2d",
+    "ConvTranspose2d", "CrossEntropyLoss", "Dropout", "ELU", "Embedding", "Flatten",
+    "HingeGANLoss", "Identity", "LeakyReLU", "Linear", "LogSoftmax", "MaxPool2d", "Module",
+    "MSELoss", "NLLLoss", "Parameter", "ReLU", "SELU", "Sequential", "Sigmoid", "Softmax",
+    "SyncBatchNorm", "Tanh", "Unflatten", "Upsample", "utils",
 ]

@@ -143,3 +143,25 @@ class NLLLoss(_ClassLoss):
     def forward(self, input, target):
         self._check_labels(input, target)
         return self._call(input, target)
+
+
+class HingeGANLoss(_Loss):
+    """The hinge loss of GANs on raw discriminator scores (no sigmoid). For the
+    discriminator (``role="discriminator"``, the default): relu(1 - s) for real images
+    (target 1) and relu(1 + s) for fake ones (target 0), the targets ``BCEWithLogitsLoss``
+    takes; for the generator (``role="generator"``): -s, the target ignored."""
+
+    _op = F.hinge_gan_loss
+
+    def __init__(self, reduction: str = "mean", role: str = "discriminator"):
+        super().__init__(reduction)
+        if role not in ("discriminator", "generator"):
+            raise ValueError(f"HingeGANLoss: role must be 'discriminator' or 'generator', got {role!r}")
+        self.role = role
+
+    def forward(self, input, target):
+        self._check_pair(input, target)
+        return self._call(input, target, role=self.role)
+
+    def extra_repr(self):
+        return super().extra_repr() + f", role='{self.role}'"

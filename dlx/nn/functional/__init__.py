@@ -29,6 +29,7 @@ from dlx.nn.functional.loss import (
     binary_cross_entropy,
     binary_cross_entropy_with_logits,
     cross_entropy,
+    hinge_gan_loss,
     mse_loss,
     nll_loss,
     one_hot,
@@ -42,10 +43,10 @@ from dlx.nn.functional.normalization import (
 from dlx.nn.functional.pooling import avg_pool2d, max_pool2d, upsample_nearest2d
 
 __all__ = [
-    "Context", "Op", "avg_pool2d", "batch_norm", "binary_cross_entropy",
-    "binary_cross_entropy_with_logits", "conv2d", "conv_transpose2d",
-    "conv_transpose2d_output_size", "cross_entropy", "dropout", "elu", "embedding", "identity",
-    "is_grad_enabled", "leaky_relu", "linear", "log_softmax", "max_pool2d", "mse_loss",
-    "nll_loss", "no_grad", "one_hot", "op", "relu", "reshape", "selu", "sigmoid", "softmax",
-    "sync_batch_norm", "tanh", "update_running_stats", "upsample_nearest2d",
+    "avg_pool2d", "batch_norm", "binary_cross_entropy", "binary_cross_entropy_with_logits",
+    "Context", "conv2d", "conv_transpose2d", "conv_transpose2d_output_size", "cross_entropy",
+    "dropout", "elu", "embedding", "hinge_gan_loss", "identity", "is_grad_enabled",
+    "leaky_relu", "linear", "log_softmax", "max_pool2d", "mse_loss", "nll_loss", "no_grad",
+    "one_hot", "Op", "op", "relu", "reshape", "selu", "sigmoid", "softmax", "sync_batch_norm",
+    "tanh", "update_running_stats", "upsample_nearest2d",
 ]

@@ -116,3 +116,24 @@ class nll_loss:
 
     def backward(g, grad=1.0):
         return (_times(g, grad),)
+
+
+@op
+class hinge_gan_loss:
+    """The hinge loss of GANs (Lim & Ye, 2017; Miyato et al., 2018) on raw scores.
+    ``role="discriminator"``: mean(relu(1 - s)) over real (target 1) and mean(relu(1 + s))
+    over fake (target 0) scores, i.e. relu(1 - (2t - 1) s); ``role="generator"``: -mean(s),
+    the target ignored. Its gradient is the sign where the margin is violated, else 0."""
+
+    def forward(input, target, reduction="mean", role="discriminator"):
+        xp = get_namespace(input)
+        scale = _scale(reduction, input.size)
+        if role == "generator":
+            return _reduce(xp, -input, input.size, reduction), xp.full_like(input, -scale)
+        sign = 2.0 * target - 1.0
+        margin = 1.0 - sign * input
+        per = xp.maximum(margin, 0.0)
+        return _reduce(xp, per, input.size, reduction), -sign * xp.astype(margin > 0, input.dtype) * scale
+
+    def backward(g, grad=1.0):
+        return (_times(g, grad),)
