@@ -2,6 +2,7 @@
 ``LeNet5``, ``MLP``, and the DCGAN and MLP GAN generators and discriminators. Architectures
 only: training loops are in ``dlx.training``, commands in ``dlx.cli``."""
 
+from dlx.models.conditional import ConditionalDCGANDiscriminator, ConditionalDCGANGenerator
 from dlx.models.dcgan import (
     GAN_MODELS,
     DCGANDiscriminator,
@@ -14,6 +15,7 @@ from dlx.models.lenet import LeNet5
 from dlx.models.mlp import MLP
 
 __all__ = [
-    "GAN_MODELS", "DCGANDiscriminator", "DCGANGenerator", "LeNet5", "MLP", "MLPDiscriminator",
-    "MLPGenerator", "dcgan_init_",
+    "ConditionalDCGANDiscriminator", "ConditionalDCGANGenerator", "GAN_MODELS",
+    "DCGANDiscriminator", "DCGANGenerator", "LeNet5", "MLP", "MLPDiscriminator", "MLPGenerator",
+    "dcgan_init_",
 ]

@@ -22,28 +22,38 @@ from dlx.nn import functional as F
 __all__ = ["copy_buffers_", "ema_update_", "gan_step", "sample", "train_gan"]
 
 
-def gan_step(generator, discriminator, real, z, g_optimizer, d_optimizer, loss_fn=None):
-    """One step of the non-saturating GAN (Goodfellow et al., 2014) with explicit backward.
+def gan_step(generator, discriminator, real, z, g_optimizer, d_optimizer, loss_fn=None,
+             labels=None, loss: str = "bce"):
+    """One GAN step with explicit backward: the non-saturating loss (Goodfellow et al.,
+    2014; ``loss="bce"``) or the hinge loss (``loss="hinge"``, ``nn.HingeGANLoss``).
 
-    D step: BCE(D(real), 1) + BCE(D(G(z)), 0), gradients into D only (the fake images are
-    plain arrays, nothing flows back to G), then ``d_optimizer.step()``.
-    G step: BCE(D'(G(z)), 1) through the updated D, frozen (``requires_grad_(False)``: its
-    backward returns dL/dfake and leaves D's ``.grad`` alone), then ``generator.backward``
-    and ``g_optimizer.step()``. Returns 0-d device arrays (no host sync):
-    ``{"d_loss", "g_loss", "d_real", "d_fake"}`` with d_real/d_fake the mean D probability
-    on real and fake images during the D step.
+    D step: loss(D(real), real) + loss(D(G(z)), fake), gradients into D only (the fake images
+    are plain arrays, nothing flows back to G), then ``d_optimizer.step()``.
+    G step: the generator's loss on D'(G(z)) through the updated D, frozen
+    (``requires_grad_(False)``: its backward returns dL/dfake and leaves D's ``.grad`` alone),
+    then ``generator.backward`` and ``g_optimizer.step()``. With ``labels`` (N,) the models
+    are class-conditional: G(z, labels), D(x, labels), the fake batch drawn for the real
+    batch's labels. Returns 0-d device arrays (no host sync): ``{"d_loss", "g_loss",
+    "d_real", "d_fake"}`` with d_real/d_fake the mean sigmoid of D's scores on real and fake
+    images during the D step.
     """
-    loss_fn = loss_fn or nn.BCEWithLogitsLoss()
+    if loss not in ("bce", "hinge"):
+        raise ValueError(f"gan_step: loss must be 'bce' or 'hinge', got {loss!r}")
+    if loss == "hinge":
+        d_loss_fn, g_loss_fn = nn.HingeGANLoss(), nn.HingeGANLoss(role="generator")
+    else:
+        d_loss_fn = g_loss_fn = loss_fn or nn.BCEWithLogitsLoss()
+    cond = () if labels is None else (labels,)
     xp = get_namespace(real)
-    fake = generator(z)  # caches what generator.backward needs in the G step below
+    fake = generator(z, *cond)  # keeps what generator.backward needs in the G step below
 
     d_optimizer.zero_grad()
-    out_real = discriminator(real)
-    loss_real = loss_fn(out_real, xp.ones_like(out_real))
-    discriminator.backward_params(loss_fn.backward())
-    out_fake = discriminator(fake)
-    loss_fake = loss_fn(out_fake, xp.zeros_like(out_fake))
-    discriminator.backward_params(loss_fn.backward())
+    out_real = discriminator(real, *cond)
+    loss_real = d_loss_fn(out_real, xp.ones_like(out_real))
+    discriminator.backward_params(d_loss_fn.backward())
+    out_fake = discriminator(fake, *cond)
+    loss_fake = d_loss_fn(out_fake, xp.zeros_like(out_fake))
+    discriminator.backward_params(d_loss_fn.backward())
     distributed.allreduce_gradients(discriminator)  # data parallel: the ranks' mean (else nothing)
     d_optimizer.step()
     d_optimizer.zero_grad()
@@ -51,9 +61,9 @@ def gan_step(generator, discriminator, real, z, g_optimizer, d_optimizer, loss_f
     g_optimizer.zero_grad()
     discriminator.requires_grad_(False)
     try:
-        out = discriminator(fake)
-        g_loss = loss_fn(out, xp.ones_like(out))  # non-saturating: maximise log D(G(z))
-        dfake = discriminator.backward(loss_fn.backward())
+        out = discriminator(fake, *cond)
+        g_loss = g_loss_fn(out, xp.ones_like(out))  # non-saturating: maximise log D(G(z))
+        dfake = discriminator.backward(g_loss_fn.backward())
     finally:
         discriminator.requires_grad_(True)
     generator.backward_params(dfake)
