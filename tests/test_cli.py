@@ -140,3 +140,102 @@ def test_train_with_label_smoothing_and_tta_on_cifar10(tmp_path, capsys):
 def test_tta_and_smoothing_errors(argv, pattern, capsys):
     assert main(argv) == 2
     assert pattern in capsys.readouterr().err
+
+
+def test_a_checkpoint_for_another_data_set_says_which(mnist_dir, tmp_path, capsys):
+    import dlx
+    from dlx.models import LeNet5
+
+    cifar = tmp_path / "cifar.npz"
+    dlx.save(cifar, LeNet5(in_channels=3), dataset="cifar10", architecture="lenet5")
+    bare = tmp_path / "bare.npz"  # no meta: the first layer's channels tell
+    dlx.save(bare, LeNet5(in_channels=3))
+    for ck in (cifar, bare):
+        assert main(["eval", str(ck), "--dataset", "mnist", "--data-dir", str(mnist_dir)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"dlx eval: {ck} is for cifar10 (3 channels); use --dataset cifar10", err
+    assert main(["train", "lenet5", "--dataset", "mnist", "--data-dir", str(mnist_dir),
+                 "--resume", str(cifar), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "is for cifar10 (3 channels); use --dataset cifar10" in err and "strict" not in err
+
+
+def test_resuming_from_weights_alone_says_what_to_do(mnist_dir, tmp_path, capsys):
+    import dlx
+    from dlx.models import LeNet5
+
+    ck = tmp_path / "weights.npz"
+    dlx.save(ck, LeNet5(in_channels=1, padding=2), dataset="mnist", architecture="lenet5")
+    assert main(["train", "lenet5", "--dataset", "mnist", "--data-dir", str(mnist_dir),
+                 "--resume", str(ck), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no optimizer state" in err and "without --resume" in err
+    assert "optimizer=" not in err and "load without" not in err
+
+
+def test_two_runs_on_one_out_folder(mnist_dir, tmp_path, capsys):
+    import os
+    import subprocess as sp
+
+    from dlx.cli.common import LOCK_NAME
+
+    out = tmp_path / "run"
+    out.mkdir()
+    other = sp.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a live process
+    try:
+        (out / LOCK_NAME).write_text(f"{other.pid}\n")
+        argv = ["train", "lenet5", "--dataset", "mnist", "--data-dir", str(mnist_dir), "--epochs", "1",
+                "--batch-size", "64", "--out", str(out), "--quiet"]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"dlx train: another run (process {other.pid}) is writing to {out}"), err
+        assert len(err.splitlines()) == 1 and not (out / "model.npz").exists()
+    finally:
+        other.kill()
+        other.wait()
+    (out / LOCK_NAME).write_text(f"{other.pid}\n")  # its process is gone: a stale lock, taken over
+    assert main(argv) == 0 and (out / "model.npz").exists()
+    assert not (out / LOCK_NAME).exists() and os.listdir(out)  # removed at the end
+
+
+def test_train_help_shows_defaults_and_unknown_options_point_to_it(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in ("(default: 10)", "(default: 128)", "(default: adam)", "(default: 256,128)",
+                  "no per-epoch lines"):
+        assert shown in text, shown
+    assert main(["train", "lenet5", "--epohcs", "3"]) == 2
+    assert capsys.readouterr().err.strip() == ("dlx train: unrecognized arguments: --epohcs 3 "
+                                               "(see dlx train --help)")
+    assert main(["train", "mlp", "--hidden", "64,x"]) == 2
+    assert "--hidden takes positive layer sizes" in capsys.readouterr().err
+
+
+def test_train_and_eval_an_mlp(mnist_dir, tmp_path, capsys):
+    from dlx.serialization import read_header
+
+    out = tmp_path / "mlp"
+    assert main(["train", "mlp", "--hidden", "32,16", "--dataset", "mnist", "--data-dir", str(mnist_dir),
+                 "--epochs", "1", "--batch-size", "32", "--out", str(out), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "training mlp on mnist" in text and "after 1 epoch (" in text  # singular
+    assert "epoch 1/1" not in text + capsys.readouterr().err  # --quiet: no per-epoch lines
+    layers = read_header(out / "model.npz")["layers"]
+    assert layers["1.0.weight"]["shape"] == [32, 784] and layers["1.4.weight"]["shape"] == [10, 16]
+    assert main(["eval", str(out / "model.npz"), "--data-dir", str(mnist_dir), "--out",
+                 str(tmp_path / "c.png")]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+
+
+def test_memory_error_is_one_line(monkeypatch, capsys):
+    from dlx.cli import info
+
+    def oom(args):
+        raise MemoryError("Unable to allocate 8.00 GiB for an array with shape (8000, 8000, 4, 4)")
+
+    monkeypatch.setattr(info, "run", oom)
+    assert main(["info"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("dlx: error: out of memory: Unable to allocate 8.00 GiB for an array"), err

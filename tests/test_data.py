@@ -582,3 +582,88 @@ def test_compose_applies_in_order_and_is_reproducible(dev):
     plain = Compose([lambda t: t * 2, Normalize(0.0, 2.0)])  # plain callables get x only
     np.testing.assert_array_equal(dlx.to_numpy(plain(x)), dlx.to_numpy(x))
     assert "RandomCrop" in repr(aug)
+
+
+# ------------------------------------------------------------------ declared sizes checked first
+
+
+def test_idx_gzip_bomb_is_refused_before_it_is_expanded(tmp_path, monkeypatch):
+    """A small gzip whose IDX header declares more than an MNIST file holds is refused from
+    its header; one that declares a little and expands to much more stops at the declared
+    size. Neither is decompressed in full (the cap is lowered: 4 MB of zeros stand for 3 GiB)."""
+    import dlx.data.formats as formats
+
+    monkeypatch.setattr(formats, "MAX_IDX_BYTES", 1 << 20)
+    reads = []
+    real_open = gzip.open
+
+    def counting_open(*a, **k):
+        f = real_open(*a, **k)
+        real_read = f.read
+
+        def read(n=-1):
+            assert n is not None and n >= 0, "read the whole stream"
+            data = real_read(n)
+            reads.append(len(data))
+            return data
+
+        f.read = read
+        return f
+
+    monkeypatch.setattr(gzip, "open", counting_open)
+    zeros = bytes(4 << 20)
+    bomb = tmp_path / "train-images-idx3-ubyte.gz"
+    bomb.write_bytes(gzip.compress(struct.pack(">HBBIII", 0, 8, 3, 4 << 20, 1, 1) + zeros))
+    assert bomb.stat().st_size < 20_000
+    with pytest.raises(DataFormatError, match=r"train-images-idx3-ubyte.gz: IDX header says shape "
+                       r"\(4194304, 1, 1\) \(4,194,304 bytes of data\), more than"):
+        read_idx(bomb)
+    assert sum(reads) <= 16
+    reads.clear()
+    small = tmp_path / "small.gz"  # declares 10 bytes, then 4 MB follow
+    small.write_bytes(gzip.compress(struct.pack(">HBBI", 0, 8, 1, 10) + zeros))
+    with pytest.raises(DataFormatError, match="small.gz: IDX header says shape .*holds more"):
+        read_idx(small)
+    assert sum(reads) <= 32
+
+
+def test_idx_dimensions_that_overflow_name_the_file(tmp_path):
+    path = tmp_path / "t10k-images-idx3-ubyte"
+    path.write_bytes(struct.pack(">HBB4I", 0, 0x0E, 4, *(4_000_000_000,) * 4) + bytes(64))
+    with pytest.raises(DataFormatError, match=r"t10k-images-idx3-ubyte: IDX header says shape "
+                                              r"\(4000000000, .*more than"):
+        read_idx(path)
+
+
+def test_empty_data_sets_are_named_and_said_to_be_empty(tmp_path):
+    write_mnist(tmp_path / "mnist", n_train=0, n_test=0)
+    with pytest.raises(DataFormatError, match=r"train-images-idx3-ubyte.gz: the data set is empty"):
+        MNIST(tmp_path, train=True)
+    folder = tmp_path / "cifar10"
+    folder.mkdir()
+    train, test = make_cifar(n_per_batch=0, n_test=0)
+    write_tar(folder / "cifar-10-python.tar.gz", cifar_py_files(train, test))
+    with pytest.raises(DataFormatError, match=r"cifar-10-python.tar.gz: the data set is empty"):
+        CIFAR10(tmp_path, train=False)
+
+
+def test_cifar_pickle_declaring_a_huge_array_is_refused_unallocated():
+    """93 GiB declared in a few bytes: refused from the declaration (nothing allocated)."""
+    huge = (93 << 30).to_bytes(5, "little")  # LONG1: the shape (93 GiB,) in 5 bytes
+    raw = (b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n\x8a\x05" + huge
+           + b"\x85U\x01b\x87R.")
+    with pytest.raises(DataFormatError, match=r"batch: the pickle declares a \(99857989632,\) "
+                                              r"int8 array .*more than a CIFAR-10 batch holds"):
+        restricted_loads(raw, "batch")
+
+
+def test_tar_member_declaring_more_than_cifar_holds_is_refused(tmp_path, monkeypatch):
+    import dlx.data.datasets as datasets
+
+    monkeypatch.setattr(datasets, "MAX_MEMBER_BYTES", 1000)
+    folder = tmp_path / "cifar10"
+    folder.mkdir()
+    write_tar(folder / "cifar-10-python.tar.gz", cifar_py_files(*make_cifar(n_per_batch=2, n_test=2)))
+    with pytest.raises(DataFormatError, match=r"member 'cifar-10-batches-py/test_batch' declares "
+                                              r"[\d,]+ bytes, more than a CIFAR-10 file holds"):
+        CIFAR10(tmp_path, train=False)

@@ -384,3 +384,45 @@ def test_example_script_on_the_fixture(tmp_path, capsys):
     assert res["pages"] == 2 and res["found_rate"] >= 0.95 and res["read_rate"] >= 0.95
     assert (out / "page.png").exists() and (out / "annotated.png").exists()
     assert "found" in capsys.readouterr().out
+
+
+def _png_header_only(path, width, height):
+    """A PNG whose header claims width x height grey pixels, with one tiny IDAT: a few bytes
+    that Pillow's decoder would expand to width * height bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("width, height", [(20000, 10000), (12000, 9000)])  # 200 and 108 megapixels
+@needs_pictures
+def test_huge_pictures_are_refused_in_one_line(width, height, tmp_path, capsys):
+    page = tmp_path / "bomb.png"
+    _png_header_only(page, width, height)  # 200 MP: Pillow's DecompressionBombError; 108: ours
+    assert page.stat().st_size < 200
+    assert main(["digits", str(page), "--model", str(MODEL)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "picture too large" in err and "scale it down" in err and str(page) in err
+
+
+@needs_pictures
+def test_large_pictures_are_shrunk_before_conversion(monkeypatch, tmp_path):
+    from PIL import Image
+
+    monkeypatch.setattr(D.pictures, "MAX_SIDE", 100)  # as an 8000x8000 photo against 3000
+    page = np.full((400, 300), 0.9)
+    page[100:300, 100:200] = 0.1
+    Image.fromarray((page * 255).astype(np.uint8)).save(tmp_path / "big.png")
+    Image.fromarray((page * 255).astype(np.uint8)).save(tmp_path / "big.jpg", quality=95)
+    Image.fromarray((page * 65535).astype(np.uint16)).save(tmp_path / "deep.png")
+    for name in ("big.png", "big.jpg", "deep.png"):
+        grey = D.load_image(tmp_path / name)
+        assert grey.shape == (100, 75), name
+        assert abs(float(grey.mean()) - float(page.mean())) < 0.02, name

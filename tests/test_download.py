@@ -43,6 +43,7 @@ class Server:
 
     def __init__(self):
         self.files, self.truncate, self.slow, self.hits = {}, set(), set(), {}
+        self.unannounced = set()  # paths sent without a Content-Length (until the connection closes)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -55,7 +56,10 @@ class Server:
                 if self.path in server.slow:
                     time.sleep(0.3)
                 self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
+                if self.path in server.unannounced:
+                    self.close_connection = True
+                else:
+                    self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if self.path in server.truncate:
                     self.wfile.write(body[: len(body) // 2])
@@ -267,3 +271,23 @@ def test_mnist_download(server, tmp_path, monkeypatch):
     with pytest.raises(DownloadError, match="train-images-idx3-ubyte.gz"):
         MNIST(tmp_path, train=True, download=True)  # not on the server: clear error
     assert leftovers(tmp_path / "mnist") == sorted(sums)
+
+
+def test_downloads_are_capped_at_the_pinned_size(server, tmp_path, monkeypatch):
+    """A server announcing, or sending unannounced, more than the pinned file's size is cut
+    off there: nothing is kept, and the error says why."""
+    server.files["/big.gz"] = server.files["/quiet.gz"] = BODY
+    server.unannounced.add("/quiet.gz")
+    for path in ("/big.gz", "/quiet.gz"):
+        with pytest.raises(DownloadError, match=r"more than the [\d,]+ (bytes of the )?pinned"):
+            download_file(server.url + path, tmp_path / "f.gz", md5=md5(BODY), size=len(BODY) - 100,
+                          progress=False)
+        assert leftovers(tmp_path) == []
+    download_file(server.url + "/quiet.gz", tmp_path / "f.gz", md5=md5(BODY), size=len(BODY),
+                  progress=False)  # the exact size passes
+    import dlx.data.download as D
+
+    monkeypatch.setattr(D, "MAX_DOWNLOAD_BYTES", 100)  # no pinned size: the global cap
+    with pytest.raises(DownloadError, match="more than the 100 "):
+        download_file(server.url + "/quiet.gz", tmp_path / "g.gz", md5=md5(BODY), progress=False)
+    assert set(MNIST.sizes) == set(MNIST.resources) and set(CIFAR10.sizes) == set(CIFAR10.resources)

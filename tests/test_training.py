@@ -341,3 +341,22 @@ def test_evaluate_with_flip_tta():
     assert np.isclose(logs["loss"], np.concatenate(nll).mean(), rtol=1e-5)
     assert logs["accuracy"] == np.concatenate(right).mean()
     assert logs != dlx.evaluate(m, nn.CrossEntropyLoss(), data)  # mirroring changed the scores
+
+
+def test_epoch_line_reads_like_keras(capsys):
+    import re
+
+    from dlx.training.supervised import epoch_line
+
+    logs = {"epoch": 3, "loss": 1.23451, "accuracy": 0.56781, "lr": 6.699e-05, "time_s": 5.234,
+            "images_per_s": 10820.4, "val_loss": 1.3, "val_accuracy": 0.5}
+    assert epoch_line(logs, 10) == ("epoch 3/10 - 5.2 s - loss 1.2345 - accuracy 0.5678 - val_loss "
+                                    "1.3000 - val_accuracy 0.5000 - 10,820 img/s - lr 6.7e-05")
+    m = tiny_cnn()
+    val = DataLoader(tiny_data(seed=1), batch_size=32)
+    dlx.fit(m, nn.CrossEntropyLoss(), optim.SGD(m.parameters(), lr=0.1), loader(), epochs=1,
+            val_loader=val)
+    out = capsys.readouterr().out
+    assert re.search(r"^epoch 1/1 - [\d.]+ s - loss [\d.]+ - accuracy [\d.]+ - val_loss [\d.]+ - "
+                     r"val_accuracy [\d.]+ - [\d,]+ img/s - lr 0.1$", out, re.M), out
+    assert "images_per_s" not in out and "time_s" not in out

@@ -42,6 +42,11 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError, DeviceError, FloatingPointError, OSError) as e:
         print("dlx: error: " + " ".join(str(e).split()), file=sys.stderr)
         return 1
+    except MemoryError as e:  # NumPy says what: "Unable to allocate 8.00 GiB for an array ..."
+        what = " ".join(str(e).split()) or "an allocation"
+        print(f"dlx: error: out of memory: {what}; the input (data set, picture, checkpoint) or "
+              f"--batch-size is too large for this machine's free memory", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("dlx: interrupted", file=sys.stderr)
         return 130

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import os
 
-from dlx.cli.common import NORMALIZATION, UsageError, check_tta, load_dataset, make_model, make_transforms
+from dlx.cli.common import (
+    NORMALIZATION,
+    UsageError,
+    check_tta,
+    checkpoint_meta,
+    load_dataset,
+    make_transforms,
+    model_for,
+)
 
 
 def register(subparsers):
@@ -28,18 +36,16 @@ def run(args) -> int:
     import dlx
     from dlx._grad_mode import no_grad
     from dlx.data import DataLoader
-    from dlx.serialization import read
     from dlx.training import flip_averaged_log_probs
 
-    header, _ = read(args.checkpoint)
-    meta = header.get("meta", {})
+    _, meta = checkpoint_meta("dlx eval", args.checkpoint, args.dataset)  # the header alone
     dataset = args.dataset or meta.get("dataset")
     if dataset not in NORMALIZATION:
         raise UsageError("dlx eval: give --dataset (cifar10 or mnist); the checkpoint does not say")
     dev = dlx.device(args.device)
-    model = make_model(meta.get("architecture", "lenet5"), dataset, dev)
+    model = model_for("dlx eval", args.checkpoint, meta, dataset, dev)
     check_tta("dlx eval", args, dataset)
-    dlx.load(args.checkpoint, model, restore_rng=False)
+    dlx.load(args.checkpoint, model, restore_rng=False)  # the arrays, read once
     test_set = load_dataset(dataset, False, args.data_dir)
     loader = DataLoader(test_set, batch_size=args.batch_size, device=dev,
                         transform=make_transforms(dataset, False))

@@ -3,6 +3,7 @@ checkpoint every epoch, ``history.json`` and loss/accuracy curves."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -10,44 +11,54 @@ import time
 from dlx.cli.common import (
     MODELS,
     NORMALIZATION,
+    DefaultsFormatter,
     UsageError,
     check_tta,
+    checkpoint_meta,
     load_dataset,
     make_model,
     make_transforms,
+    out_lock,
+    parse_hidden,
 )
 
 
 def register(subparsers):
     t = subparsers.add_parser(
         "train", help="train a model on MNIST or CIFAR-10",
+        formatter_class=DefaultsFormatter,
         epilog="Data parallel on N processes: mpiexec -n N dlx train ... (mpiexec from pip install "
                "-e \".[dist]\"). Each rank takes --batch-size images of every batch of N x "
                "--batch-size, so the run trains as one process with that batch; rank 0 prints "
                "and writes the files.")
-    t.add_argument("model", choices=MODELS)
-    t.add_argument("--dataset", choices=sorted(NORMALIZATION), default="cifar10")
-    t.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: DLX_DEVICE or cpu)")
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
+    t.add_argument("model", choices=MODELS, help="lenet5 (convolutional) or mlp (fully connected, "
+                   "on the flattened images)")
+    t.add_argument("--hidden", default="256,128", help="mlp: hidden layer sizes")
+    t.add_argument("--dataset", choices=sorted(NORMALIZATION), default="cifar10", help="data set")
+    t.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: DLX_DEVICE, else cpu)")
+    t.add_argument("--epochs", type=int, default=10, help="epochs to train (in all, with --resume)")
+    t.add_argument("--batch-size", type=int, default=128, help="images per step")
+    t.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
+                   help="adam (AdamW with --weight-decay) or sgd (Nesterov momentum 0.9)")
     t.add_argument("--lr", type=float, default=None,
-                   help="learning rate (default 1e-3; with --resume, the checkpoint's)")
+                   help="learning rate (default: 1e-3, or with --resume the checkpoint's)")
     t.add_argument("--weight-decay", type=float, default=None,
-                   help="weight decay (default 0; with --resume, the checkpoint's)")
-    t.add_argument("--schedule", choices=("none", "cosine", "onecycle"), default="none")
+                   help="weight decay (default: 0, or with --resume the checkpoint's)")
+    t.add_argument("--schedule", choices=("none", "cosine", "onecycle"), default="none",
+                   help="learning-rate schedule")
     t.add_argument("--augment", action="store_true", help="random crop (pad 4) + horizontal flip")
     t.add_argument("--label-smoothing", type=float, default=0.0, metavar="EPS",
-                   help="train against (1 - EPS) one-hot + EPS / classes (default 0)")
+                   help="train against (1 - EPS) one-hot + EPS / classes")
     t.add_argument("--tta", action="store_true",
                    help="after training, also report the test accuracy with each image averaged "
                         "with its mirror image (cifar10)")
     t.add_argument("--data-dir", default=None, help="folder with mnist/ and cifar10/ "
                    "(default: DLX_DATA_DIR, else ~/.cache/dlx)")
-    t.add_argument("--out", default="runs/lenet5", help="output folder (default runs/lenet5)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", default=None, help="output folder (default: runs/MODEL)")
+    t.add_argument("--seed", type=int, default=0, help="random seed (weights, order, augmentation)")
     t.add_argument("--resume", default=None, metavar="CKPT", help="continue from this checkpoint")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--quiet", action="store_true",
+                   help="no progress bar and no per-epoch lines (only the banner and the result)")
     t.set_defaults(func=run)
     return t
 
@@ -78,9 +89,18 @@ def _resume_settings(args) -> dict:
     checkpoint's, as a PyTorch user sets ``group["lr"]`` after ``optimizer.load_state_dict``
     to change it; left out, they are the checkpoint's (not the defaults). Returns the values
     to put into the restored optimizer's param groups (empty if none changes)."""
-    from dlx.serialization import read
-
-    saved = (read(args.resume)[0].get("meta") or {}).get("args") or {}
+    header, meta = checkpoint_meta("dlx train", args.resume, args.dataset)
+    if "optimizer" not in header:
+        raise UsageError(f"dlx train: {args.resume} holds the weights alone, no optimizer state, "
+                         f"so it cannot be resumed; train without --resume (a new run), or resume "
+                         f"from a model.npz that dlx train wrote")
+    if meta.get("architecture", args.model) != args.model:
+        raise UsageError(f"dlx train: {args.resume} holds a {meta['architecture']} model; use "
+                         f"dlx train {meta['architecture']} ... --resume {args.resume}")
+    saved = meta.get("args") or {}
+    if args.model == "mlp" and saved.get("hidden", args.hidden) != args.hidden:
+        raise UsageError(f"dlx train: {args.resume} has hidden layers {saved['hidden']}; "
+                         f"add --hidden {saved['hidden']}")
     changes = {}
     for name, default in (("lr", 1e-3), ("weight_decay", 0.0)):
         old = saved.get(name, default)
@@ -111,6 +131,8 @@ def run(args) -> int:
     say = print if world.rank == 0 else (lambda *a, **k: None)
     shard = (world.rank, world.size) if world.size > 1 else None
 
+    parse_hidden(args.hidden)  # a typo is reported before any data is read
+    args.out = args.out or os.path.join("runs", args.model)
     changes = _resume_settings(args) if args.resume else {}
     if args.lr is None:
         args.lr = 1e-3
@@ -125,7 +147,7 @@ def run(args) -> int:
     dlx.manual_seed(args.seed)
     train_set = load_dataset(args.dataset, True, args.data_dir)
     test_set = load_dataset(args.dataset, False, args.data_dir)
-    model = make_model(args.model, args.dataset, dev)
+    model = make_model(args.model, args.dataset, dev, parse_hidden(args.hidden))
     distributed.broadcast_parameters(model)
     loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=False,
                         seed=args.seed, device=dev, transform=make_transforms(args.dataset, args.augment),
@@ -150,6 +172,16 @@ def run(args) -> int:
                 f"(raise --epochs to train further); nothing was written")
             return 0
     os.makedirs(args.out, exist_ok=True)
+    with out_lock(args.out, "dlx train") if world.rank == 0 else contextlib.nullcontext():
+        return _train(args, world, say, dev, model, opt, sched, loader, val, train_set, test_set,
+                      start, history)
+
+
+def _train(args, world, say, dev, model, opt, sched, loader, val, train_set, test_set, start,
+           history) -> int:
+    """Train, checkpointing into --out, then write history.json and curves.png there."""
+    import dlx
+
     ckpt_path = os.path.join(args.out, "model.npz")
     meta = {"architecture": args.model, "dataset": args.dataset, "classes": list(train_set.classes),
             "args": {k: v for k, v in vars(args).items() if k != "func"}}
@@ -186,7 +218,8 @@ def run(args) -> int:
     elif len(hist):
         print("curves.png skipped: matplotlib is not installed (pip install \"dlx[plots]\")")
     if len(hist):
-        print(f"test accuracy {hist['val_accuracy'][-1]:.4f} after {hist['epoch'][-1]} epochs "
+        n = hist["epoch"][-1]
+        print(f"test accuracy {hist['val_accuracy'][-1]:.4f} after {n} epoch{'s' * (n != 1)} "
               f"({elapsed:.0f} s); wrote {args.out}/model.npz, history.json"
               + (", curves.png" if plots.have_matplotlib() else ""))
         if args.tta:

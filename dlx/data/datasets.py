@@ -9,8 +9,6 @@ uint8 (N, H, W) for MNIST and (N, 32, 32, 3) for CIFAR-10, ``.targets`` int64 (N
 from __future__ import annotations
 
 import gzip
-import io
-import pickle
 import tarfile
 import zlib
 from pathlib import Path
@@ -18,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .download import DataFormatError, default_root, download_file, extract_tar, file_lock
+from .formats import MAX_MEMBER_BYTES, UnsafePickleError, read_idx, restricted_loads
 from .loader import integer_labels
 
 __all__ = [
@@ -68,44 +67,6 @@ def _missing(name: str, folder: Path, expected: str) -> FileNotFoundError:
     )
 
 
-# --------------------------------------------------------------------------- IDX
-
-_IDX_DTYPES = {
-    0x08: np.dtype(np.uint8),
-    0x09: np.dtype(np.int8),
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
-}
-
-
-def read_idx(path) -> np.ndarray:
-    """The array in an IDX file (MNIST's format), gzip-compressed or not."""
-    path = Path(path)
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
-            raise DataFormatError(f"{path}: corrupt gzip data ({e})") from e
-    if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in _IDX_DTYPES or raw[3] == 0:
-        raise DataFormatError(f"{path}: not an IDX file (bad magic number {raw[:4].hex()})")
-    dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
-    start = 4 + 4 * ndim
-    if len(raw) < start:
-        raise DataFormatError(f"{path}: IDX header cut short")
-    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
-    need = int(np.prod(shape)) * dtype.itemsize
-    if len(raw) - start != need:
-        raise DataFormatError(
-            f"{path}: IDX header says shape {shape} ({need} bytes of data), "
-            f"the file holds {len(raw) - start} (truncated or corrupt)"
-        )
-    arr = np.frombuffer(raw, dtype, offset=start).reshape(shape)
-    return arr.astype(dtype.newbyteorder("="), copy=True)
-
-
 class MNIST(_Labelled):
     """MNIST digits: 60,000 training and 10,000 test images, 28x28 grey, uint8.
 
@@ -122,6 +83,8 @@ class MNIST(_Labelled):
         "http://yann.lecun.com/exdb/mnist/",
     ]
     # The MD5s published with the originals (and pinned by torchvision).
+    sizes = {"train-images-idx3-ubyte.gz": 9912422, "train-labels-idx1-ubyte.gz": 28881,
+             "t10k-images-idx3-ubyte.gz": 1648877, "t10k-labels-idx1-ubyte.gz": 4542}
     resources = {
         "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
         "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
@@ -147,6 +110,7 @@ class MNIST(_Labelled):
                         [m + name for m in self.mirrors],
                         folder / name,
                         md5=self.resources.get(name),
+                        size=self.sizes.get(name),
                     )
             paths = self._find(names)
         if paths is None:
@@ -158,6 +122,9 @@ class MNIST(_Labelled):
                 f"{paths[0]}, {paths[1]}: expected uint8 images (N, H, W) and labels (N,), "
                 f"got {images.dtype} {images.shape} and {labels.shape}"
             )
+        if len(images) == 0:
+            raise DataFormatError(f"{paths[0]}: the data set is empty (0 images); put the official "
+                                  f"MNIST files there")
         if len(images) != len(labels):
             raise DataFormatError(
                 f"{paths[0]} has {len(images)} images but {paths[1]} has {len(labels)} labels"
@@ -188,77 +155,6 @@ def _find_variant(folder: Path, name: str):
     return None
 
 
-# ------------------------------------------------------------------ restricted pickle
-
-
-class UnsafePickleError(pickle.UnpicklingError, ValueError):
-    """A pickle asked for something an official CIFAR-10 batch never contains."""
-
-
-def _np_reconstruct(subtype, shape, dtype):
-    # What numpy.core.multiarray._reconstruct does, for plain ndarrays only.
-    if subtype is not np.ndarray:
-        raise UnsafePickleError(f"refused to build an array of type {subtype!r}")
-    return np.ndarray(shape, dtype=_np_dtype(dtype))
-
-
-def _np_dtype(spec, align=False, copy=False):
-    if not isinstance(spec, (str, bytes)):
-        raise UnsafePickleError(f"refused dtype specification {spec!r}")
-    dt = np.dtype(spec.decode("latin1") if isinstance(spec, bytes) else spec, align, copy)
-    if dt.hasobject:
-        raise UnsafePickleError("refused an object-dtype array (it would unpickle arbitrary objects)")
-    return dt
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Allows only the globals an official CIFAR-10 batch uses: NumPy's array and dtype
-    reconstruction (old ``numpy.core`` and new ``numpy._core`` names). Lists, dicts, ints
-    and strings are pickle opcodes and need no globals."""
-
-    allowed = {
-        ("numpy.core.multiarray", "_reconstruct"): _np_reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): _np_dtype,
-    }
-
-    def __init__(self, file, source: str):
-        # Python 2 strings arrive as bytes: the 30 MB pixel string goes to NumPy uncopied.
-        super().__init__(file, encoding="bytes")
-        self.source = source
-
-    def find_class(self, module, name):
-        try:
-            return self.allowed[(module, name)]
-        except KeyError:
-            raise UnsafePickleError(
-                f"{self.source}: refused to load the global {module}.{name}: official CIFAR-10 "
-                f"batches only hold NumPy arrays, lists, dicts and strings, so this file is "
-                f"not one (corrupt or tampered with); nothing from it was run"
-            ) from None
-
-    def persistent_load(self, pid):
-        raise UnsafePickleError(f"{self.source}: refused a persistent id in the pickle")
-
-
-def restricted_loads(data: bytes, source: str = "pickle"):
-    """Unpickle ``data`` allowing only what CIFAR-10's Python batches contain. Python 2
-    strings come back as bytes, except the keys of a top-level dict (made str)."""
-    try:
-        obj = _RestrictedUnpickler(io.BytesIO(data), source).load()
-        if isinstance(obj, dict):
-            obj = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
-        return obj
-    except UnsafePickleError as e:
-        if source not in str(e):
-            raise UnsafePickleError(f"{source}: {e}") from None
-        raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-            IndexError, KeyError) as e:  # fmt: skip
-        raise DataFormatError(f"{source}: not a readable CIFAR-10 pickle ({e})") from e
-
-
 # ------------------------------------------------------------------------ CIFAR-10
 
 
@@ -279,6 +175,7 @@ class CIFAR10(_Labelled):
         "https://cave.cs.toronto.edu/kriz/",
     ]
     # The MD5s published on https://www.cs.toronto.edu/~kriz/cifar.html.
+    sizes = {"cifar-10-python.tar.gz": 170498071, "cifar-10-binary.tar.gz": 170052171}
     resources = {
         "cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a",
         "cifar-10-binary.tar.gz": "c32a1d4ab5d03f1284b67883e8d87530",
@@ -350,7 +247,8 @@ class CIFAR10(_Labelled):
                 return
             archive = folder / name
             if not archive.is_file():
-                download_file([m + name for m in self.mirrors], archive, md5=self.resources.get(name))
+                download_file([m + name for m in self.mirrors], archive, md5=self.resources.get(name),
+                              size=self.sizes.get(name))
             extract_tar(archive, folder)
 
     # readers ---------------------------------------------------------------------
@@ -359,6 +257,8 @@ class CIFAR10(_Labelled):
         if not isinstance(d, dict) or "data" not in d or "labels" not in d:
             raise DataFormatError(f"{where}: expected a dict with 'data' and 'labels'")
         x, y = d["data"], np.asarray(d["labels"])
+        if y.size == 0:  # [] is float64 to NumPy
+            y = y.astype(np.int64)
         if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072:
             raise DataFormatError(
                 f"{where}: 'data' should be a uint8 (N, 3072) array, got "
@@ -376,6 +276,9 @@ class CIFAR10(_Labelled):
         return [n.decode("latin1") if isinstance(n, bytes) else n for n in names]
 
     def _join(self, parts, classes):
+        if sum(len(p[0]) for p in parts) == 0:
+            raise DataFormatError(f"{self.source}: the data set is empty (0 images); put the "
+                                  f"official CIFAR-10 files there")
         x = np.concatenate([p[0] for p in parts])
         y = np.concatenate([p[1] for p in parts]).astype(np.int64)
         n = len(classes) if classes else 10
@@ -437,6 +340,9 @@ def _read_members(archive: Path, folder: str, names, optional=()):
                     continue
                 if not m.isfile():
                     raise DataFormatError(f"{archive}: member {m.name!r} is not a regular file")
+                if m.size > MAX_MEMBER_BYTES:
+                    raise DataFormatError(f"{archive}: member {m.name!r} declares {m.size:,} bytes, "
+                                          f"more than a CIFAR-10 file holds (corrupt or crafted)")
                 found[want[key]] = tf.extractfile(m).read()
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
         raise DataFormatError(f"{archive}: not a readable tar archive ({e})") from e

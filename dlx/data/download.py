@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 _CHUNK = 1 << 20
+MAX_DOWNLOAD_BYTES = 1 << 30  # no file dlx downloads is larger; pinned sizes are tighter
 
 
 class DownloadError(OSError):
@@ -156,6 +157,7 @@ def download_file(
     sha256: str | None = None,
     timeout: float = 60.0,
     progress: bool = True,
+    size: int | None = None,
 ) -> Path:
     """Download ``dest`` from the first of ``urls`` whose bytes match the pinned hash.
 
@@ -164,6 +166,8 @@ def download_file(
     makes a second process wait and then reuse the first one's download. An existing
     ``dest`` with the right hash is kept; on failure ``DownloadError`` lists each URL
     with its error, the expected and actual hashes, and where to put the file by hand.
+    ``size`` is the pinned file's length in bytes: a server announcing or sending more is
+    cut off there (without it, at ``MAX_DOWNLOAD_BYTES``).
     """
     urls = [urls] if isinstance(urls, str) else list(urls)
     if not urls:
@@ -177,7 +181,7 @@ def download_file(
         failures = []
         for url in urls:
             try:
-                _fetch(url, dest, algorithm, want, timeout, progress)
+                _fetch(url, dest, algorithm, want, timeout, progress, size)
                 return dest
             except _BadDownload as e:
                 failures.append(f"  {url}\n      {e}")
@@ -193,9 +197,12 @@ def download_file(
     )
 
 
-def _fetch(url, dest: Path, algorithm: str, want: str, timeout: float, progress: bool) -> None:
+def _fetch(url, dest: Path, algorithm: str, want: str, timeout: float, progress: bool,
+           size: int | None = None) -> None:
     from dlx import __version__
 
+    cap = MAX_DOWNLOAD_BYTES if size is None else int(size)
+    of = "of the pinned file" if size is not None else "dlx allows for a download"
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     try:
         h = _new_hash(algorithm)
@@ -207,6 +214,9 @@ def _fetch(url, dest: Path, algorithm: str, want: str, timeout: float, progress:
                 raise _BadDownload(f"HTTP status {status}")
             length = resp.headers.get("Content-Length")
             length = int(length) if length and length.isdigit() else None
+            if length is not None and length > cap:
+                raise _BadDownload(f"the server announces {length:,} bytes, more than the "
+                                   f"{cap:,} bytes {of}; not downloaded")
             bar = _progress_bar(dest.name, length, progress)
             try:
                 while True:
@@ -219,6 +229,9 @@ def _fetch(url, dest: Path, algorithm: str, want: str, timeout: float, progress:
                         ) from None
                     if not chunk:
                         break
+                    if got + len(chunk) > cap:
+                        raise _BadDownload(f"the server sent more than the {cap:,} bytes {of}; "
+                                           f"stopped there")
                     out.write(chunk)
                     h.update(chunk)
                     got += len(chunk)

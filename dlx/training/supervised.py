@@ -136,6 +136,21 @@ class EarlyStopping(Callback):
         return False
 
 
+def epoch_line(logs: dict, epochs: int) -> str:
+    """One epoch's figures as Keras prints them: ``epoch 3/10 - 5.2 s - loss 1.2345 -
+    accuracy 0.5678 - val_loss 1.3456 - val_accuracy 0.5432 - 10,820 img/s - lr 6.7e-05``."""
+    parts = [f"epoch {logs['epoch']}/{epochs}"]
+    if "time_s" in logs:
+        parts.append(f"{logs['time_s']:.1f} s")
+    known = {"epoch", "time_s", "images_per_s", "lr"}
+    parts += [f"{k} {v:.4f}" for k, v in logs.items() if k not in known and isinstance(v, float)]
+    if "images_per_s" in logs:
+        parts.append(f"{logs['images_per_s']:,.0f} img/s")
+    if "lr" in logs:
+        parts.append(f"lr {logs['lr']:.2g}")
+    return " - ".join(parts)
+
+
 def _correct(xp, out, y):
     """Number of rows of ``out`` whose argmax is the label, as a 0-d device array."""
     return xp.sum(xp.astype(xp.argmax(out, axis=1) == y, xp.int64))
@@ -312,8 +327,7 @@ def fit(model, loss_fn, optimizer, train_loader, epochs: int, val_loader=None, s
             scheduler.step()
         hist.append(logs)
         if progress:
-            shown = ", ".join(f"{k} {v:.4g}" for k, v in logs.items() if k != "epoch")
-            tqdm.write(f"epoch {epoch + 1}/{epochs}: {shown}")
+            tqdm.write(epoch_line(logs, epochs))
         stop = False
         for cb in callbacks:
             stop = bool(cb.on_epoch_end(epoch, logs, state)) or stop

@@ -45,8 +45,51 @@ def _deep_grey(im):
     return scaled.astype(np.float32)
 
 
+MAX_PIXELS = 100_000_000  # a 100-megapixel picture is refused: no page of digits needs it
+MAX_SIDE = 3000  # larger pictures are shrunk to this many pixels on their longer side
+
+
+def _open(path: str):
+    """The picture opened (not decoded yet) after checking its size; JPEGs are decoded at a
+    reduced scale right away when they are large (Pillow's ``draft``)."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except Image.DecompressionBombError:
+        im = None
+    w, h = (0, 0) if im is None else im.size
+    if im is None or w * h > MAX_PIXELS:
+        size = "" if im is None else f" ({w}x{h} = {w * h / 1e6:.0f} megapixels)"
+        if im is not None:
+            im.close()
+        raise ValueError(f"{path!r}: picture too large{size}; dlx digits reads pictures of up to "
+                         f"{MAX_PIXELS // 1_000_000} megapixels: scale it down (a page needs about "
+                         f"{MAX_SIDE} pixels on its longer side)")
+    if max(w, h) > MAX_SIDE and im.format == "JPEG":
+        im.draft("L", (w * MAX_SIDE // max(w, h), h * MAX_SIDE // max(w, h)))
+    return im
+
+
+def _shrink(im):
+    """``im`` with its longer side cut to ``MAX_SIDE`` pixels (box filter), if longer."""
+    from PIL import Image
+
+    w, h = im.size
+    if max(w, h) <= MAX_SIDE:
+        return im
+    size = (max(1, round(w * MAX_SIDE / max(w, h))), max(1, round(h * MAX_SIDE / max(w, h))))
+    return im.resize(size, Image.Resampling.BOX)
+
+
 def load_image(path) -> np.ndarray:
-    """A picture file (PNG, JPEG, ... anything Pillow reads) as grey float32 (H, W) in [0, 1]."""
+    """A picture file (PNG, JPEG, ... anything Pillow reads) as grey float32 (H, W) in [0, 1].
+    Pictures larger than ``MAX_SIDE`` pixels are shrunk to it on their longer side; more than
+    ``MAX_PIXELS`` pixels are refused (a few kilobytes of PNG can claim billions)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"image {path!r} does not exist")
@@ -55,8 +98,8 @@ def load_image(path) -> np.ndarray:
     except ImportError:
         raise ImportError(f"reading images needs Pillow: {PLOTS_HINT}") from None
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)  # phone photos store their rotation in EXIF
+        with _open(path) as im:
+            im = _shrink(ImageOps.exif_transpose(im))  # phone photos store their rotation in EXIF
             if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
                 im = im.convert("RGBA")
                 white = Image.new("RGBA", im.size, (255, 255, 255, 255))
@@ -65,6 +108,8 @@ def load_image(path) -> np.ndarray:
             if grey is None:
                 grey = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError, ValueError) as e:
+        if str(e).startswith(repr(path)):
+            raise
         raise ValueError(f"{path!r} is not an image Pillow can read ({type(e).__name__}: {e})") from None
     if grey.ndim != 2 or min(grey.shape) < 8:
         raise ValueError(f"{path!r}: image of shape {grey.shape} is too small to hold digits")

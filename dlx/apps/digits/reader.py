@@ -348,9 +348,9 @@ def load_mnist_model(path, device=None):
     Any other checkpoint (another data set or architecture) is refused with a ValueError."""
     import dlx
     from dlx.models import LeNet5
-    from dlx.serialization import read
+    from dlx.serialization import read_header
 
-    header, _ = read(path)
+    header = read_header(path)
     meta = header.get("meta", {})
     dataset, arch = meta.get("dataset"), meta.get("architecture")
     first = header.get("layers", {}).get("0.weight", {}).get("shape")
