@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -360,3 +361,26 @@ def test_epoch_line_reads_like_keras(capsys):
     assert re.search(r"^epoch 1/1 - [\d.]+ s - loss [\d.]+ - accuracy [\d.]+ - val_loss [\d.]+ - "
                      r"val_accuracy [\d.]+ - [\d,]+ img/s - lr 0.1$", out, re.M), out
     assert "images_per_s" not in out and "time_s" not in out
+
+
+def test_a_first_step_that_compiles_is_said_and_not_counted(capsys):
+    """A fresh install's first step waits for its kernels to compile: one line says so, and
+    the epoch's time, its images/s and the bar's rate start after it."""
+    m = tiny_cnn()
+    forward = m.forward
+    calls = []
+
+    def slow_first(x):
+        if not calls:
+            time.sleep(1.3)  # what compiling the CPU kernels looks like from fit's side
+        calls.append(1)
+        return forward(x)
+
+    object.__setattr__(m, "forward", slow_first)
+    hist = dlx.fit(m, nn.CrossEntropyLoss(), optim.SGD(m.parameters(), lr=0.1), loader(), epochs=2)
+    out = "".join(capsys.readouterr())
+    assert out.count("compiling kernels (first run with this install only") == 1
+    assert hist["time_s"][0] < 1.0 and hist["images_per_s"][0] > 0
+    # a warm run says nothing
+    dlx.fit(tiny_cnn(), nn.CrossEntropyLoss(), optim.SGD(m.parameters(), lr=0.1), loader(), epochs=1)
+    assert "compiling" not in "".join(capsys.readouterr())

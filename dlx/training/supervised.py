@@ -17,6 +17,10 @@ from dlx._grad_mode import no_grad
 from dlx.nn import functional as F
 from dlx.serialization import save
 
+#: a first step slower than this compiled the kernels (a fresh install): it is reported and
+#: left out of the epoch's time (a warm first step of LeNet-5 takes ~0.3 s on 2 cores)
+COMPILE_NOTE_S = 1.0
+
 
 class History:
     """Per-epoch records: ``history["loss"][e]``, ``"accuracy"``, ``"val_loss"``,
@@ -272,7 +276,7 @@ def fit(model, loss_fn, optimizer, train_loader, epochs: int, val_loader=None, s
         bar = tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
                    disable=not progress, leave=True, dynamic_ncols=True)
         t0 = time.perf_counter()
-        total, correct, seen = 0.0, 0, 0
+        total, correct, seen, untimed = 0.0, 0, 0, 0
         for step, (x, y) in enumerate(train_loader):
             n = y.shape[0]  # 0 only on a rank whose part of a short last batch is empty
             if n:
@@ -295,18 +299,26 @@ def fit(model, loss_fn, optimizer, train_loader, epochs: int, val_loader=None, s
             optimizer.zero_grad()
             if per_batch:
                 scheduler.step()
+            if step == 0 and epoch == initial_epoch and time.perf_counter() - t0 > COMPILE_NOTE_S:
+                # the first step compiled the kernels (a fresh install): say so, and keep it out
+                # of the epoch's time, its speed and the bar's rate and ETA
+                if progress:
+                    bar.write(f"first step: {time.perf_counter() - t0:.1f} s compiling kernels "
+                              f"(first run with this install only; not counted in the epoch's time)")
+                    bar.reset(total=len(train_loader))
+                t0, untimed = time.perf_counter(), seen
             if progress:
                 elapsed = time.perf_counter() - t0
                 post = {"loss": f"{total / seen:.4f}"}
                 if "accuracy" in metrics:
                     post["acc"] = f"{correct / seen:.4f}"
-                post["img/s"] = f"{seen / max(elapsed, 1e-9):.0f}"
+                post["img/s"] = f"{(seen - untimed) / max(elapsed, 1e-9):.0f}"
                 bar.set_postfix(post, refresh=False)
                 bar.update(1)
         elapsed = time.perf_counter() - t0
         bar.close()
         if parallel:
-            total, correct, seen = _sum_over_ranks(total, correct, seen)
+            total, correct, seen, untimed = _sum_over_ranks(total, correct, seen, untimed)
         if seen == 0:
             raise ValueError("fit: the training loader produced no batches")
         if not _weights_finite(model):  # the last step's loss was finite, its result may not be
@@ -316,7 +328,7 @@ def fit(model, loss_fn, optimizer, train_loader, epochs: int, val_loader=None, s
         logs = {"epoch": epoch + 1, "loss": total / seen}
         if "accuracy" in metrics:
             logs["accuracy"] = correct / seen
-        logs.update({"lr": lr, "time_s": elapsed, "images_per_s": seen / elapsed})
+        logs.update({"lr": lr, "time_s": elapsed, "images_per_s": (seen - untimed) / elapsed})
         if val_loader is not None:
             val = evaluate(model, loss_fn, val_loader, metrics)
             logs.update({f"val_{k}": v for k, v in val.items()})
