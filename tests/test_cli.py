@@ -239,3 +239,25 @@ def test_memory_error_is_one_line(monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert err.startswith("dlx: error: out of memory: Unable to allocate 8.00 GiB for an array"), err
+
+
+def test_dlx_gan_refuses_an_out_folder_another_run_writes_to(mnist_dir, tmp_path, capsys):
+    import subprocess as sp
+
+    from dlx.cli.common import LOCK_NAME
+
+    out = tmp_path / "gan"
+    out.mkdir()
+    other = sp.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / LOCK_NAME).write_text(f"{other.pid}\n")
+        argv = ["gan", "--data-dir", str(mnist_dir), "--epochs", "1", "--batch-size", "16",
+                "--limit", "32", "--channels", "4", "--out", str(out), "--quiet"]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"dlx gan: another run (process {other.pid}) is writing to {out}"), err
+        assert not (out / "scores.json").exists()
+    finally:
+        other.kill()
+        other.wait()
+    assert main(argv) == 0 and (out / "scores.json").exists() and not (out / LOCK_NAME).exists()

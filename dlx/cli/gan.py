@@ -4,9 +4,12 @@ and after every epoch write a sample grid, scores and checkpoints."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
+
+from dlx.cli.common import out_lock
 
 
 def _number(kind, low, strict: bool = False):
@@ -153,64 +156,65 @@ def run(args) -> int:
             classifier, test.data[:n_real, None].astype(np.float32) / 255.0, device=dev)
 
     os.makedirs(args.out, exist_ok=True)
-    run_args = {k: v for k, v in vars(args).items() if k != "func"}
-    report = {"model": args.model, "dataset": args.dataset, "device": str(dev), "args": run_args,
-              "real_test": None if real_is is None else
-              {"inception_score": real_is, "num_images": len(real_logits)},
-              "epochs": []}
-    have_plots = plots.have_matplotlib() and main
-    batch = (f"batch {args.batch_size}" if world.size == 1 else
-             f"{world.size} ranks x batch {args.batch_size} = batch {world.size * args.batch_size}")
-    if main:
-        print(f"dlx {dlx.__version__}: training the {args.model} GAN on {args.dataset} "
-              f"({len(train_set)} images), device {dev}, {batch}, Adam lr {args.lr}"
-              + (f"; real test images score IS {real_is:.3f}" if real_is is not None else ""))
-    if not plots.have_matplotlib() and main:
-        print("sample grids skipped: matplotlib is not installed (pip install \"dlx[plots]\")")
+    with out_lock(args.out, "dlx gan") if main else contextlib.nullcontext():
+        run_args = {k: v for k, v in vars(args).items() if k != "func"}
+        report = {"model": args.model, "dataset": args.dataset, "device": str(dev), "args": run_args,
+                  "real_test": None if real_is is None else
+                  {"inception_score": real_is, "num_images": len(real_logits)},
+                  "epochs": []}
+        have_plots = plots.have_matplotlib() and main
+        batch = (f"batch {args.batch_size}" if world.size == 1 else
+                 f"{world.size} ranks x batch {args.batch_size} = batch {world.size * args.batch_size}")
+        if main:
+            print(f"dlx {dlx.__version__}: training the {args.model} GAN on {args.dataset} "
+                  f"({len(train_set)} images), device {dev}, {batch}, Adam lr {args.lr}"
+                  + (f"; real test images score IS {real_is:.3f}" if real_is is not None else ""))
+        if not plots.have_matplotlib() and main:
+            print("sample grids skipped: matplotlib is not installed (pip install \"dlx[plots]\")")
 
-    shown = ema if ema is not None else generator
+        shown = ema if ema is not None else generator
 
-    def after_epoch(epoch, logs):
-        logs["lr"] = float(g_opt.param_groups[0]["lr"])  # the rate this epoch trained with
-        for sched in schedulers:
-            sched.step()
+        def after_epoch(epoch, logs):
+            logs["lr"] = float(g_opt.param_groups[0]["lr"])  # the rate this epoch trained with
+            for sched in schedulers:
+                sched.step()
+            if not main:
+                return
+            if have_plots:
+                plots.save_grid(sample(shown, fixed_z),
+                                os.path.join(args.out, f"samples_epoch{epoch:03d}.png"),
+                                title=f"epoch {epoch}",
+                                caption=f"{args.model} GAN on MNIST: 64 samples from fixed noise"
+                    + (f" (weight average, decay {args.ema})" if ema is not None else ""))
+            if classifier is not None:
+                z = dev.generator([args.seed, 4, epoch]).normal((args.num_eval, args.latent_dim))
+                for suffix, model in (("", shown), ("_live", generator if ema is not None else None)):
+                    if model is None:
+                        continue
+                    logs["inception_score" + suffix], fake_logits = metrics.classifier_scores(
+                        classifier, sample(model, z), device=dev)
+                    logs["frechet_distance" + suffix] = metrics.frechet_distance(fake_logits, real_logits)
+            report["epochs"].append(dict(logs))
+            with open(os.path.join(args.out, "scores.json"), "w") as f:
+                json.dump(report, f, indent=1)
+            meta = {"architecture": args.model, "dataset": args.dataset, "epoch": epoch,
+                    "latent_dim": args.latent_dim, "args": run_args}
+            dlx.save(os.path.join(args.out, "generator.npz"), generator, g_opt, **meta)
+            dlx.save(os.path.join(args.out, "discriminator.npz"), discriminator, d_opt, **meta)
+            if ema is not None:
+                dlx.save(os.path.join(args.out, "generator_ema.npz"), ema, **meta, ema_decay=args.ema)
+
+        t0 = time.perf_counter()
+        train_gan(generator, discriminator, loader, args.epochs, latent_dim=args.latent_dim, device=dev,
+                  callback=after_epoch, progress=not args.quiet, g_optimizer=g_opt, d_optimizer=d_opt,
+                  ema_generator=ema, ema_decay=args.ema or 0.999)
         if not main:
-            return
-        if have_plots:
-            plots.save_grid(sample(shown, fixed_z),
-                            os.path.join(args.out, f"samples_epoch{epoch:03d}.png"),
-                            title=f"epoch {epoch}",
-                            caption=f"{args.model} GAN on MNIST: 64 samples from fixed noise"
-                + (f" (weight average, decay {args.ema})" if ema is not None else ""))
-        if classifier is not None:
-            z = dev.generator([args.seed, 4, epoch]).normal((args.num_eval, args.latent_dim))
-            for suffix, model in (("", shown), ("_live", generator if ema is not None else None)):
-                if model is None:
-                    continue
-                logs["inception_score" + suffix], fake_logits = metrics.classifier_scores(
-                    classifier, sample(model, z), device=dev)
-                logs["frechet_distance" + suffix] = metrics.frechet_distance(fake_logits, real_logits)
-        report["epochs"].append(dict(logs))
-        with open(os.path.join(args.out, "scores.json"), "w") as f:
-            json.dump(report, f, indent=1)
-        meta = {"architecture": args.model, "dataset": args.dataset, "epoch": epoch,
-                "latent_dim": args.latent_dim, "args": run_args}
-        dlx.save(os.path.join(args.out, "generator.npz"), generator, g_opt, **meta)
-        dlx.save(os.path.join(args.out, "discriminator.npz"), discriminator, d_opt, **meta)
-        if ema is not None:
-            dlx.save(os.path.join(args.out, "generator_ema.npz"), ema, **meta, ema_decay=args.ema)
-
-    t0 = time.perf_counter()
-    train_gan(generator, discriminator, loader, args.epochs, latent_dim=args.latent_dim, device=dev,
-              callback=after_epoch, progress=not args.quiet, g_optimizer=g_opt, d_optimizer=d_opt,
-              ema_generator=ema, ema_decay=args.ema or 0.999)
-    if not main:
+            return 0
+        last = report["epochs"][-1]
+        scores = (f", IS {last['inception_score']:.3f}, Fréchet distance {last['frechet_distance']:.3f}"
+                  if classifier is not None else "")
+        print(f"epoch {last['epoch']}: d_loss {last['d_loss']:.4f}, g_loss {last['g_loss']:.4f}{scores} "
+              f"({time.perf_counter() - t0:.0f} s); wrote {args.out}/scores.json, generator.npz, "
+              f"discriminator.npz" + (", generator_ema.npz" if ema is not None else "")
+              + (", samples_epoch*.png" if have_plots else ""))
         return 0
-    last = report["epochs"][-1]
-    scores = (f", IS {last['inception_score']:.3f}, Fréchet distance {last['frechet_distance']:.3f}"
-              if classifier is not None else "")
-    print(f"epoch {last['epoch']}: d_loss {last['d_loss']:.4f}, g_loss {last['g_loss']:.4f}{scores} "
-          f"({time.perf_counter() - t0:.0f} s); wrote {args.out}/scores.json, generator.npz, "
-          f"discriminator.npz" + (", generator_ema.npz" if ema is not None else "")
-          + (", samples_epoch*.png" if have_plots else ""))
-    return 0
