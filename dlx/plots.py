@@ -83,8 +83,10 @@ def plot_confusion(counts: np.ndarray, classes, path, title: str = "") -> str:
     return save_figure(fig, path)
 
 
-def save_grid(images, path, title: str = "", caption: str = "", ncols: int = 8) -> str:
-    """An image grid (``images`` (N, 1, H, W) in [0, 1], grey) as a PNG with a title."""
+def save_grid(images, path, title: str = "", caption: str = "", ncols: int = 8,
+              row_labels=None) -> str:
+    """An image grid (``images`` (N, 1, H, W) in [0, 1], grey) as a PNG with a title;
+    ``row_labels`` names each row on the left (e.g. the digit a row was asked for)."""
     plt = _pyplot()
     imgs = np.asarray(images)[:, 0]
     n, h, w = imgs.shape
@@ -97,6 +99,9 @@ def save_grid(images, path, title: str = "", caption: str = "", ncols: int = 8) 
     ax.imshow(canvas, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
+    if row_labels is not None:
+        ax.set_yticks([pad + r * (h + pad) + h / 2 for r in range(nrows)])
+        ax.set_yticklabels(list(row_labels)[:nrows], fontsize=12)
     if title:
         ax.set_title(title, fontsize=14)
     if caption:

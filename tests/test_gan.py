@@ -404,3 +404,40 @@ def test_gan_command_cosine_schedule(mnist_dir, tmp_path):
         opt = optim.Adam(model.parameters(), lr=1.0)
         dlx.load(out / path, model, opt, restore_rng=False)
         assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-18)  # the end of the cosine
+
+
+def test_conditional_hinge_sn_command_and_sample_grid(mnist_dir, tmp_path, capsys):
+    """dlx gan --conditional --spectral-norm --loss hinge trains, scores the share of samples
+    read as the digit asked for, and dlx gan sample draws one labelled row per digit."""
+    from dlx.cli import main
+    from dlx.models import ConditionalDCGANGenerator, LeNet5
+
+    clf = tmp_path / "lenet.npz"
+    dlx.save(clf, LeNet5(in_channels=1, padding=2), dataset="mnist", architecture="lenet5")
+    out = tmp_path / "cgan"
+    assert main(["gan", "--conditional", "--spectral-norm", "--loss", "hinge", "--epochs", "1",
+                 "--batch-size", "16", "--limit", "32", "--channels", "4", "--data-dir",
+                 str(mnist_dir), "--out", str(out), "--classifier", str(clf), "--num-eval", "20",
+                 "--quiet"]) == 0
+    row = json.loads((out / "scores.json").read_text())["epochs"][0]
+    assert 0.0 <= row["label_accuracy"] <= 1.0
+    meta = dlx.load(out / "generator.npz", ConditionalDCGANGenerator(channels=4), restore_rng=False)
+    assert meta["conditional"] is True
+    pytest.importorskip("matplotlib")
+    grid = tmp_path / "grid.png"
+    assert main(["gan", "sample", str(out / "generator.npz"), "--digits", "0123456789",
+                 "--per-digit", "3", "--out", str(grid)]) == 0
+    assert grid.stat().st_size > 2000 and "30 samples" in capsys.readouterr().out
+    assert main(["gan", "sample", str(out / "generator.npz"), "--digits", "1x"]) == 2
+    assert "--digits takes digits 0-9" in capsys.readouterr().err
+    assert main(["gan", "sample", str(clf)]) == 1
+    assert "not a generator written by dlx gan" in capsys.readouterr().err
+
+
+def test_spectral_norm_discriminator_and_mlp_refusal(mnist_dir, tmp_path):
+    d = DCGANDiscriminator(channels=4, spectral_norm=True)
+    names = list(d.state_dict())
+    assert "0.weight_orig" in names and "0.weight_u" in names and not any("running" in n for n in names)
+    with pytest.raises(ValueError, match="for the DCGAN, not the mlp GAN"):
+        gan_cli.run(_parse(["--model", "mlp", "--conditional", "--data-dir", str(mnist_dir),
+                            "--out", str(tmp_path / "x")]))

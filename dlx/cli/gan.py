@@ -63,8 +63,20 @@ def register(subparsers):
                    help="generated and real test images scored per epoch (default 2000)")
     g.add_argument("--limit", type=_number(int, 2), default=None, metavar="N",
                    help="train on the first N training images only (quick runs)")
+    g.add_argument("--conditional", action="store_true",
+                   help="class-conditional DCGAN: the generator draws the digit asked for, the "
+                   "discriminator judges image and label (a projection); scores add the share "
+                   "of samples the classifier reads as the digit asked for")
+    g.add_argument("--loss", choices=("bce", "hinge"), default="bce",
+                   help="bce: non-saturating (default); hinge: the hinge loss of SNGAN")
+    g.add_argument("--spectral-norm", action="store_true",
+                   help="spectral norm on every layer of the DCGAN discriminator (no BatchNorm)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=run)
+    from dlx.cli import gan_sample
+
+    actions = g.add_subparsers(dest="gan_action", metavar="sample", parser_class=type(g))
+    gan_sample.register(actions)
     return g
 
 
@@ -95,6 +107,14 @@ def load_classifier(path, dev):
 
 
 def run(args) -> int:
+    if getattr(args, "gan_action", None) == "sample":
+        from dlx.cli import gan_sample
+
+        return gan_sample.run(args)
+    return train(args)
+
+
+def train(args) -> int:
     """``dlx gan``: train, and after every epoch write ``samples_epochNNN.png`` (64 samples
     from fixed noise), ``scores.json`` (losses, and IS / Fréchet distance of classifier logits
     with ``--classifier``), ``generator.npz`` and ``discriminator.npz`` (``dlx.save``, each
@@ -113,6 +133,9 @@ def run(args) -> int:
     if args.channels is not None and args.model != "dcgan":
         raise ValueError(f"--channels sets the DCGAN's width; the {args.model} GAN has fixed "
                          f"hidden sizes (leave --channels out)")
+    if (args.conditional or args.spectral_norm) and args.model != "dcgan":
+        raise ValueError(f"--conditional and --spectral-norm are for the DCGAN, not the "
+                         f"{args.model} GAN (use --model dcgan)")
     if args.limit is not None and args.limit < args.batch_size:
         raise ValueError(f"--limit {args.limit} is smaller than --batch-size "
                          f"{args.batch_size}: there would be no full batch to train on")
@@ -125,9 +148,12 @@ def run(args) -> int:
         train_set = ArrayDataset(train_set.data[:args.limit], train_set.targets[:args.limit])
     classifier = load_classifier(args.classifier, dev) if args.classifier else None
     gen_cls, disc_cls = models.GAN_MODELS[args.model]  # looked up now: float32_drift.py swaps them
+    if args.conditional:
+        gen_cls, disc_cls = models.ConditionalDCGANGenerator, models.ConditionalDCGANDiscriminator
     width = {} if args.channels is None else {"channels": args.channels}
     generator = gen_cls(latent_dim=args.latent_dim, device=dev, **width)
-    discriminator = disc_cls(device=dev, **width)
+    sn = {"spectral_norm": True} if args.spectral_norm else {}
+    discriminator = disc_cls(device=dev, **width, **sn)
     distributed.broadcast_parameters(generator)
     distributed.broadcast_parameters(discriminator)
     ema = None
@@ -148,6 +174,9 @@ def run(args) -> int:
 
     # Evaluation noise has its own streams, so scoring never changes the training run.
     fixed_z = dev.generator([args.seed, 3]).normal((64, args.latent_dim))
+    # conditional: the grid asks for 0..9 in turn, the scored samples for each digit equally
+    fixed_y = dev.asarray(np.arange(64) % 10) if args.conditional else None
+    eval_y = dev.asarray(np.arange(args.num_eval) % 10) if args.conditional else None
     real_logits, real_is = None, None
     if classifier is not None and main:
         test = MNIST(root=args.data_dir, train=False)
@@ -181,7 +210,7 @@ def run(args) -> int:
             if not main:
                 return
             if have_plots:
-                plots.save_grid(sample(shown, fixed_z),
+                plots.save_grid(sample(shown, fixed_z, labels=fixed_y),
                                 os.path.join(args.out, f"samples_epoch{epoch:03d}.png"),
                                 title=f"epoch {epoch}",
                                 caption=f"{args.model} GAN on MNIST: 64 samples from fixed noise"
@@ -192,13 +221,17 @@ def run(args) -> int:
                     if model is None:
                         continue
                     logs["inception_score" + suffix], fake_logits = metrics.classifier_scores(
-                        classifier, sample(model, z), device=dev)
+                        classifier, sample(model, z, labels=eval_y), device=dev)
                     logs["frechet_distance" + suffix] = metrics.frechet_distance(fake_logits, real_logits)
+                    if eval_y is not None:  # read as the digit asked for
+                        logs["label_accuracy" + suffix] = float(np.mean(
+                            np.argmax(fake_logits, axis=1) == np.arange(args.num_eval) % 10))
             report["epochs"].append(dict(logs))
             with open(os.path.join(args.out, "scores.json"), "w") as f:
                 json.dump(report, f, indent=1)
             meta = {"architecture": args.model, "dataset": args.dataset, "epoch": epoch,
-                    "latent_dim": args.latent_dim, "args": run_args}
+                    "latent_dim": args.latent_dim, "conditional": args.conditional,
+                    "channels": args.channels or 64, "args": run_args}
             dlx.save(os.path.join(args.out, "generator.npz"), generator, g_opt, **meta)
             dlx.save(os.path.join(args.out, "discriminator.npz"), discriminator, d_opt, **meta)
             if ema is not None:
@@ -207,7 +240,7 @@ def run(args) -> int:
         t0 = time.perf_counter()
         train_gan(generator, discriminator, loader, args.epochs, latent_dim=args.latent_dim, device=dev,
                   callback=after_epoch, progress=not args.quiet, g_optimizer=g_opt, d_optimizer=d_opt,
-                  ema_generator=ema, ema_decay=args.ema or 0.999)
+                  ema_generator=ema, ema_decay=args.ema or 0.999, loss=args.loss)
         if not main:
             return 0
         last = report["epochs"][-1]

@@ -61,21 +61,24 @@ class DCGANDiscriminator(nn.Sequential):
     """images (N, in_channels, 28, 28) -> one logit per image (N, 1):
 
     Conv 4x4/2 -> (c, 14, 14) -> LeakyReLU(0.2) -> Conv 4x4/2 -> (2c, 7, 7) -> BN ->
-    LeakyReLU(0.2) -> Flatten -> Linear, with c = ``channels`` (64).
+    LeakyReLU(0.2) -> Flatten -> Linear, with c = ``channels`` (64). With ``spectral_norm``
+    the convolutions and the linear layer are spectrally normalised (``nn.utils``) and the
+    BatchNorm is left out, as in SNGAN (Miyato et al., 2018).
     """
 
     def __init__(self, channels: int = 64, in_channels: int = 1, dcgan_init: bool = True,
-                 device=None, dtype=None):
+                 spectral_norm: bool = False, device=None, dtype=None):
         kw = {"device": device, "dtype": dtype}
         c2 = 2 * channels
-        super().__init__(
-            nn.Conv2d(in_channels, channels, 4, stride=2, padding=1, **kw), nn.LeakyReLU(0.2),
-            nn.Conv2d(channels, c2, 4, stride=2, padding=1, bias=False, **kw),
-            nn.BatchNorm2d(c2, **kw), nn.LeakyReLU(0.2),
-            nn.Flatten(),
-            nn.Linear(c2 * 7 * 7, 1, **kw),
-        )
-        if dcgan_init:
+        sn = nn.utils.spectral_norm if spectral_norm else (lambda m: m)
+        layers = [sn(nn.Conv2d(in_channels, channels, 4, stride=2, padding=1, **kw)),
+                  nn.LeakyReLU(0.2),
+                  sn(nn.Conv2d(channels, c2, 4, stride=2, padding=1, bias=spectral_norm, **kw))]
+        if not spectral_norm:
+            layers.append(nn.BatchNorm2d(c2, **kw))
+        layers += [nn.LeakyReLU(0.2), nn.Flatten(), sn(nn.Linear(c2 * 7 * 7, 1, **kw))]
+        super().__init__(*layers)
+        if dcgan_init and not spectral_norm:
             dcgan_init_(self)
 
 

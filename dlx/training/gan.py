@@ -93,11 +93,14 @@ def copy_buffers_(dst, src) -> None:
 def train_gan(generator, discriminator, loader, epochs: int, lr: float = 2e-4,
               betas=(0.5, 0.999), latent_dim: int | None = None, device=None, callback=None,
               progress: bool = True, g_optimizer=None, d_optimizer=None, ema_generator=None,
-              ema_decay: float = 0.999) -> dict:
+              ema_decay: float = 0.999, loss: str = "bce") -> dict:
     """Train a GAN for ``epochs`` epochs over ``loader`` (batches ``(x, y)`` or ``x``, images
     in the generator's output range, [-1, 1]) with Adam(lr, betas) for both networks
     (or the optimizers given). Noise z ~ N(0, 1) of size ``latent_dim`` (default
     ``generator.latent_dim``) is drawn from the device's dlx generator (``dlx.manual_seed``).
+    ``loss``: "bce" (non-saturating) or "hinge" (see ``gan_step``). A class-conditional
+    generator (one with ``num_classes``) is given the batch's labels, and so is the
+    discriminator.
 
     ``callback(epoch, logs)`` (epoch 1-based) runs after each epoch and may add entries to
     ``logs`` (sample grids, scores); returning True stops training. Returns the history:
@@ -129,6 +132,7 @@ def train_gan(generator, discriminator, loader, epochs: int, lr: float = 2e-4,
     d_optimizer = d_optimizer or optim.Adam(discriminator.parameters(), lr=lr, betas=betas)
     loss_fn = nn.BCEWithLogitsLoss()
     dtype = generator.dtype or "float32"
+    conditional = getattr(generator, "num_classes", None) is not None
     progress = progress and distributed.is_main()
     history: dict = {}
     for epoch in range(1, epochs + 1):
@@ -139,9 +143,11 @@ def train_gan(generator, discriminator, loader, epochs: int, lr: float = 2e-4,
         t0, seen, steps, sums = time.perf_counter(), 0, 0, None
         for batch in loader:
             real = batch[0] if isinstance(batch, (tuple, list)) else batch
+            labels = batch[1] if conditional else None
             n = int(real.shape[0])
             z = rng_of(dev).normal((n, latent_dim), dtype=dtype)
-            out = gan_step(generator, discriminator, real, z, g_optimizer, d_optimizer, loss_fn)
+            out = gan_step(generator, discriminator, real, z, g_optimizer, d_optimizer, loss_fn,
+                           labels=labels, loss=loss)
             if ema_generator is not None:
                 ema_update_(ema_generator, generator, ema_decay)
             # summed on the device; read back every 50 steps for the bar, not every step
@@ -177,16 +183,18 @@ def train_gan(generator, discriminator, loader, epochs: int, lr: float = 2e-4,
     return history
 
 
-def sample(generator, z, batch_size: int = 500) -> np.ndarray:
-    """Generated images for noise ``z`` (N, latent_dim), in eval mode (BatchNorm uses its
+def sample(generator, z, batch_size: int = 500, labels=None) -> np.ndarray:
+    """Generated images for noise ``z`` (N, latent_dim) (and, for a class-conditional
+    generator, the digits asked for: ``labels`` (N,)), in eval mode (BatchNorm uses its
     running statistics), mapped to [0, 1]: a host float32 array (N, C, 28, 28)."""
     was_training = generator.training
     generator.eval()
     try:
         n = int(z.shape[0])  # slices clamped: the Array API leaves out-of-range stops undefined
         with no_grad():
-            parts = [to_numpy(generator(z[lo:min(lo + batch_size, n), ...]))
-                     for lo in range(0, n, batch_size)]
+            parts = [to_numpy(generator(z[lo:min(lo + batch_size, n), ...], *(
+                () if labels is None else (labels[lo:min(lo + batch_size, n)],))))
+                for lo in range(0, n, batch_size)]
     finally:
         generator.train(was_training)
     return np.clip((np.concatenate(parts) + 1.0) / 2.0, 0.0, 1.0).astype(np.float32)
