@@ -261,3 +261,15 @@ def test_dlx_gan_refuses_an_out_folder_another_run_writes_to(mnist_dir, tmp_path
         other.kill()
         other.wait()
     assert main(argv) == 0 and (out / "scores.json").exists() and not (out / LOCK_NAME).exists()
+
+
+def test_train_a_convnet_and_use_it_as_the_gan_judge(mnist_dir, tmp_path, capsys):
+    """dlx train convnet (the judge's architecture), then dlx gan --classifier with it."""
+    out = tmp_path / "judge"
+    assert main(["train", "convnet", "--dataset", "mnist", "--data-dir", str(mnist_dir), "--epochs", "1",
+                 "--batch-size", "32", "--out", str(out), "--quiet"]) == 0
+    assert main(["eval", str(out / "model.npz"), "--dataset", "mnist", "--data-dir", str(mnist_dir)]) == 0
+    assert main(["gan", "--epochs", "1", "--batch-size", "16", "--limit", "32", "--channels", "4",
+                 "--data-dir", str(mnist_dir), "--out", str(tmp_path / "gan"), "--quiet",
+                 "--classifier", str(out / "model.npz"), "--num-eval", "20"]) == 0
+    assert "IS" in capsys.readouterr().out

@@ -13,7 +13,7 @@ NORMALIZATION = {  # per-channel mean and std of the training images
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "mnist": ((0.1307,), (0.3081,)),
 }
-MODELS = ("lenet5", "mlp")
+MODELS = ("lenet5", "mlp", "convnet")
 CHANNELS = {"cifar10": 3, "mnist": 1}
 IMAGE_SIZE = {"cifar10": 32, "mnist": 28}
 
@@ -93,11 +93,13 @@ def parse_hidden(text) -> tuple:
 
 def make_model(name: str, dataset: str, device, hidden=(256, 128)):
     from dlx import nn
-    from dlx.models import MLP, LeNet5  # looked up at each call (benchmarks/float32_drift.py swaps it)
+    from dlx.models import MLP, ConvNet, LeNet5  # looked up at each call (float32_drift.py swaps it)
 
     if name == "mlp":  # images flattened: C * H * W inputs
         inputs = CHANNELS[dataset] * IMAGE_SIZE[dataset] ** 2
         return nn.Sequential(nn.Flatten(), MLP([inputs, *hidden, 10], device=device))
+    if name == "convnet":
+        return ConvNet(CHANNELS[dataset], image_size=IMAGE_SIZE[dataset], device=device)
     if name != "lenet5":
         raise UsageError(f"unknown model {name!r}; available: {', '.join(MODELS)}")
     if dataset == "mnist":

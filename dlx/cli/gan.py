@@ -92,16 +92,16 @@ def _unit_interval(text):
 
 
 def load_classifier(path, dev):
-    """The MNIST LeNet-5 at ``path`` (``--classifier``) that scores the samples, in eval mode."""
+    """The MNIST classifier at ``path`` (``--classifier``: a dlx train checkpoint, LeNet-5,
+    mlp or convnet) that scores the samples, in eval mode."""
     import dlx
-    from dlx.models import LeNet5
-    from dlx.serialization import read
+    from dlx.cli.common import checkpoint_meta, model_for
 
-    header, _ = read(path)
-    dataset = header.get("meta", {}).get("dataset")
+    _, meta = checkpoint_meta("--classifier", path)
+    dataset = meta.get("dataset")
     if dataset not in (None, "mnist"):
         raise ValueError(f"--classifier {path} was trained on {dataset}, not mnist")
-    classifier = LeNet5(in_channels=1, padding=2, device=dev)
+    classifier = model_for("--classifier", path, meta, "mnist", dev)
     dlx.load(path, classifier, restore_rng=False)
     return classifier.eval()
 

@@ -31,8 +31,8 @@ def register(subparsers):
                "-e \".[dist]\"). Each rank takes --batch-size images of every batch of N x "
                "--batch-size, so the run trains as one process with that batch; rank 0 prints "
                "and writes the files.")
-    t.add_argument("model", choices=MODELS, help="lenet5 (convolutional) or mlp (fully connected, "
-                   "on the flattened images)")
+    t.add_argument("model", choices=MODELS, help="lenet5 (convolutional), mlp (fully connected, "
+                   "on the flattened images) or convnet (a small VGG-style net with BatchNorm)")
     t.add_argument("--hidden", default="256,128", help="mlp: hidden layer sizes")
     t.add_argument("--dataset", choices=sorted(NORMALIZATION), default="cifar10", help="data set")
     t.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: DLX_DEVICE, else cpu)")

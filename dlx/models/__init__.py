@@ -3,6 +3,7 @@
 only: training loops are in ``dlx.training``, commands in ``dlx.cli``."""
 
 from dlx.models.conditional import ConditionalDCGANDiscriminator, ConditionalDCGANGenerator
+from dlx.models.convnet import ConvNet
 from dlx.models.dcgan import (
     GAN_MODELS,
     DCGANDiscriminator,
@@ -15,7 +16,7 @@ from dlx.models.lenet import LeNet5
 from dlx.models.mlp import MLP
 
 __all__ = [
-    "ConditionalDCGANDiscriminator", "ConditionalDCGANGenerator", "GAN_MODELS",
+    "ConditionalDCGANDiscriminator", "ConditionalDCGANGenerator", "ConvNet", "GAN_MODELS",
     "DCGANDiscriminator", "DCGANGenerator", "LeNet5", "MLP", "MLPDiscriminator", "MLPGenerator",
     "dcgan_init_",
 ]
