@@ -5,14 +5,14 @@
 #   1. with GPU_EXPERIMENTS_TIMINGS=1 only, alone on the GPU: where a LeNet-5 step's time goes
 #      (profile_step_cuda.py), the step and epoch vs PyTorch (lenet_step.py), the loader with
 #      and without augmentation (augment_cost.py) (recorded once already, 2026-11-22);
-#   2. side by side on the GPU until the budget runs out: the DCGAN on MNIST (width 64 for
-#      100 epochs and width 128 for 60, both with a weight-averaged generator and cosine
-#      learning rates) scored by the committed LeNet-5 MNIST classifier (a checkpoint, scores
-#      and samples after every epoch, so a run cut off at the deadline keeps its last epoch),
-#      LeNet-5 on augmented CIFAR-10 with the CPU's best recipe (120 epochs, label smoothing,
-#      mirror test-time augmentation), and meanwhile the cuda-marked tests. (Earlier calls ran
-#      the DCGAN at constant learning rate, with and without averaging, and two 60-epoch
-#      CIFAR-10 recipes; see benchmarks/results/.)
+#   2. side by side on the GPU until the budget runs out, the GAN recipes of issue 15: the
+#      unconditional DCGAN and the class-conditional one with spectral norm and the hinge loss,
+#      and the conditional one with the non-saturating loss, each with a weight average with
+#      warm-up and cosine learning rates, scored per epoch by the LeNet-5 MNIST classifier (a
+#      checkpoint, scores and samples after every epoch, so a run cut off at the deadline keeps
+#      its last epoch); meanwhile the cuda-marked tests. Afterwards score the final generators
+#      on 10,000 samples with the judge (examples/results/judge_convnet_mnist). (Earlier calls
+#      ran the plain DCGAN recipes and the CIFAR-10 ones; see benchmarks/results/.)
 #
 # Wall times of the runs in step 2 are shared-GPU times, not solo ones. Needs .gpudata/ and
 # build/wheelhouse carried (see gpu_check.sh).
@@ -40,15 +40,18 @@ background() {  # NAME COMMAND...: run in the background under the deadline, log
     ( t0=$(date +%s); timeout -k 5 "$DEADLINE" "$@" >> "$LOGS/$name.txt" 2>&1
       echo "$name: exit $? in $(( $(date +%s) - t0 ))s (shared GPU)" >> "$SUMMARY" ) &
 }
-background 10_gan_dcgan_ema_cos "$PY" -m dlx.cli gan --dataset mnist --device cuda --epochs 100 \
-    --ema 0.999 --schedule cosine --data-dir .gpudata \
-    --classifier examples/results/lenet5_mnist/model.npz --quiet --out "$LOGS/gan_dcgan_ema_cos"
-background 11_gan_dcgan128_ema_cos "$PY" -m dlx.cli gan --dataset mnist --device cuda --epochs 60 \
-    --channels 128 --ema 0.999 --schedule cosine --data-dir .gpudata \
-    --classifier examples/results/lenet5_mnist/model.npz --quiet --out "$LOGS/gan_dcgan128_ema_cos"
-background 12_cifar_aug_ls120 "$PY" -m dlx.cli train lenet5 --dataset cifar10 --device cuda \
-    --data-dir .gpudata --epochs 120 --optimizer sgd --lr 0.05 --weight-decay 5e-4 \
-    --schedule onecycle --augment --label-smoothing 0.1 --tta --quiet --out "$LOGS/cifar_aug_ls120"
+# issue 15: the GAN recipes, chosen by the LeNet-5 classifier's scores per epoch; the judge
+# (examples/results/judge_convnet_mnist, another architecture and seed) scores the finals only
+background 10_gan_sn_hinge "$PY" -m dlx.cli gan --dataset mnist --device cuda --epochs 60 \
+    --spectral-norm --loss hinge --ema 0.999 --ema-warmup --schedule cosine --data-dir .gpudata \
+    --classifier examples/results/lenet5_mnist/model.npz --quiet --out "$LOGS/gan_sn_hinge"
+background 11_cgan_sn_hinge "$PY" -m dlx.cli gan --dataset mnist --device cuda --epochs 60 \
+    --conditional --spectral-norm --loss hinge --ema 0.999 --ema-warmup --schedule cosine \
+    --data-dir .gpudata --classifier examples/results/lenet5_mnist/model.npz --quiet \
+    --out "$LOGS/cgan_sn_hinge"
+background 12_cgan_bce "$PY" -m dlx.cli gan --dataset mnist --device cuda --epochs 60 \
+    --conditional --ema 0.999 --ema-warmup --schedule cosine --data-dir .gpudata \
+    --classifier examples/results/lenet5_mnist/model.npz --quiet --out "$LOGS/cgan_bce"
 
 stage 05_pytest_cuda 400 env NUMBA_NUM_THREADS=8 "$PY" -m pytest -m cuda -q -rfEs --continue-on-collection-errors --durations=10 \
     --junitxml="$LOGS/pytest_cuda.xml"

@@ -441,3 +441,22 @@ def test_spectral_norm_discriminator_and_mlp_refusal(mnist_dir, tmp_path):
     with pytest.raises(ValueError, match="for the DCGAN, not the mlp GAN"):
         gan_cli.run(_parse(["--model", "mlp", "--conditional", "--data-dir", str(mnist_dir),
                             "--out", str(tmp_path / "x")]))
+
+
+def test_ema_warmup_follows_the_generator_at_first():
+    """With ema_warmup the first step's decay is min(0.999, 1/10): the average is
+    0.1 * its start + 0.9 * the generator after that step (without it, 0.999 * the start)."""
+    from dlx.data import ArrayDataset, DataLoader
+
+    dlx.manual_seed(0)
+    g, d = DCGANGenerator(latent_dim=4, channels=2), DCGANDiscriminator(channels=2)
+    images = np.tanh(np.random.default_rng(0).standard_normal((8, 1, 28, 28))).astype(np.float32)
+    loader = DataLoader(ArrayDataset(images, np.zeros(8, np.int64)), 8)
+    for warmup, weight in ((True, 0.1), (False, 0.999)):
+        avg = DCGANGenerator(latent_dim=4, channels=2)
+        start = [dlx.to_numpy(p.data).astype(np.float64) for p in avg.parameters()]
+        train_gan(g, d, loader, 1, progress=False, ema_generator=avg, ema_decay=0.999,
+                  ema_warmup=warmup)
+        for s, p, a in zip(start, g.parameters(), avg.parameters()):
+            np.testing.assert_allclose(dlx.to_numpy(a.data), weight * s + (1 - weight) * dlx.to_numpy(p.data),
+                                       rtol=1e-5, atol=1e-6)

@@ -49,6 +49,9 @@ def register(subparsers):
     g.add_argument("--ema", type=_unit_interval, default=0.0, metavar="DECAY",
                    help="also keep an exponential moving average of the generator's weights "
                    "(e.g. 0.999); it is the one sampled, scored and saved (generator_ema.npz)")
+    g.add_argument("--ema-warmup", action="store_true",
+                   help="with --ema: the decay of step t is min(DECAY, (1 + t) / (10 + t)), so the "
+                   "average does not lag behind the generator's first steps")
     g.add_argument("--schedule", choices=("none", "cosine"), default="none",
                    help="cosine: both learning rates fall along a cosine to 0 over the epochs, "
                    "stepped after each epoch (default none: constant)")
@@ -240,7 +243,8 @@ def train(args) -> int:
         t0 = time.perf_counter()
         train_gan(generator, discriminator, loader, args.epochs, latent_dim=args.latent_dim, device=dev,
                   callback=after_epoch, progress=not args.quiet, g_optimizer=g_opt, d_optimizer=d_opt,
-                  ema_generator=ema, ema_decay=args.ema or 0.999, loss=args.loss)
+                  ema_generator=ema, ema_decay=args.ema or 0.999, loss=args.loss,
+                  ema_warmup=args.ema_warmup)
         if not main:
             return 0
         last = report["epochs"][-1]

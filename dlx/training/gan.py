@@ -93,7 +93,7 @@ def copy_buffers_(dst, src) -> None:
 def train_gan(generator, discriminator, loader, epochs: int, lr: float = 2e-4,
               betas=(0.5, 0.999), latent_dim: int | None = None, device=None, callback=None,
               progress: bool = True, g_optimizer=None, d_optimizer=None, ema_generator=None,
-              ema_decay: float = 0.999, loss: str = "bce") -> dict:
+              ema_decay: float = 0.999, loss: str = "bce", ema_warmup: bool = False) -> dict:
     """Train a GAN for ``epochs`` epochs over ``loader`` (batches ``(x, y)`` or ``x``, images
     in the generator's output range, [-1, 1]) with Adam(lr, betas) for both networks
     (or the optimizers given). Noise z ~ N(0, 1) of size ``latent_dim`` (default
@@ -106,7 +106,9 @@ def train_gan(generator, discriminator, loader, epochs: int, lr: float = 2e-4,
     ``logs`` (sample grids, scores); returning True stops training. Returns the history:
     a dict of per-epoch lists ``epoch, d_loss, g_loss, d_real, d_fake, time_s, images_per_s``.
     With ``ema_generator`` (a copy of the generator), its weights follow the generator's as
-    an exponential moving average (``ema_update_`` with ``ema_decay`` after every step), and
+    an exponential moving average (``ema_update_`` with ``ema_decay`` after every step;
+    with ``ema_warmup`` the decay of step t is min(ema_decay, (1 + t) / (10 + t)), so the
+    average follows the generator closely at first instead of lagging behind its start), and
     its buffers are the generator's at the end of every epoch.
     A NaN or infinite mean loss raises FloatingPointError at the end of its epoch (losses
     are summed on the device and read back every 50 steps, not synchronised every step),
@@ -135,6 +137,7 @@ def train_gan(generator, discriminator, loader, epochs: int, lr: float = 2e-4,
     conditional = getattr(generator, "num_classes", None) is not None
     progress = progress and distributed.is_main()
     history: dict = {}
+    ema_steps = 0
     for epoch in range(1, epochs + 1):
         generator.train()
         discriminator.train()
@@ -149,7 +152,9 @@ def train_gan(generator, discriminator, loader, epochs: int, lr: float = 2e-4,
             out = gan_step(generator, discriminator, real, z, g_optimizer, d_optimizer, loss_fn,
                            labels=labels, loss=loss)
             if ema_generator is not None:
-                ema_update_(ema_generator, generator, ema_decay)
+                decay = min(ema_decay, (1 + ema_steps) / (10 + ema_steps)) if ema_warmup else ema_decay
+                ema_update_(ema_generator, generator, decay)
+                ema_steps += 1
             # summed on the device; read back every 50 steps for the bar, not every step
             sums = out if sums is None else {k: sums[k] + v for k, v in out.items()}
             seen, steps = seen + n, steps + 1
