@@ -16,6 +16,10 @@ class DeviceError(RuntimeError):
     """A device was asked for that this machine cannot provide (names the cause and the fix)."""
 
 
+class HostSyncError(RuntimeError):
+    """A device array was read back to the host where no read may happen (inside a step)."""
+
+
 def conv2d_output_size(h, w, kh, kw, stride, padding, dilation):
     """(OH, OW) of a convolution, PyTorch's formula (floor)."""
     oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
@@ -100,6 +104,13 @@ class Backend(abc.ABC):
         host = np.array(self.to_numpy(x), copy=True, order="C")
         world.broadcast_host(host, root)
         return self.asarray(host, index)
+
+    def forbid_host_reads(self):
+        """A context manager under which any read of this device's arrays back to the host
+        (``bool()``, ``float()``, ``int()``, ``to_numpy``) raises ``HostSyncError``: the guard
+        of a step that must never wait for the device. Only the strict device can catch them."""
+        raise NotImplementedError(f"the {self.name} device cannot catch host reads; use the "
+                                  f"strict device (dlx.testing.no_host_sync)")
 
     def keeps_resident(self, nbytes: int) -> bool:
         """Whether a data set of ``nbytes`` is copied to the device once, whole."""

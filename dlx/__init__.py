@@ -7,9 +7,11 @@ NumPy + Numba (``device="cpu"``) or CuPy + hand-written CUDA kernels (``device="
     model.backward(loss_fn.backward()); opt.step(); opt.zero_grad()
 """
 
+from dlx._checks import is_debug, set_debug
 from dlx._device import (
     Device,
     DeviceError,
+    HostSyncError,
     asarray,
     device,
     device_of,
@@ -48,6 +50,7 @@ __all__ = [
     "Callback", "Checkpoint", "EarlyStopping", "History", "evaluate", "fit", "load", "save",
     "Device",
     "DeviceError",
+    "HostSyncError",
     "asarray",
     "device",
     "device_of",
@@ -58,11 +61,13 @@ __all__ = [
     "get_rng_state",
     "init",
     "initial_seed",
+    "is_debug",
     "is_grad_enabled",
     "manual_seed",
     "nn",
     "no_grad",
     "optim",
+    "set_debug",
     "set_default_device",
     "set_rng_state",
     "to_numpy",

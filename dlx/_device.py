@@ -12,7 +12,10 @@ import threading
 
 from dlx.backends import info as _backend_info
 from dlx.backends import load as _load_backend
-from dlx.backends.base import DeviceError  # noqa: F401  (re-exported as dlx.DeviceError)
+from dlx.backends.base import (
+    DeviceError,  # noqa: F401  (re-exported as dlx.DeviceError)
+    HostSyncError,  # noqa: F401  (re-exported as dlx.HostSyncError)
+)
 from dlx.dtypes import dtype_name
 
 

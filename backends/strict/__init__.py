@@ -5,9 +5,11 @@ machine without a GPU the bugs that would break CuPy (host arrays leaking into d
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
-from ..base import Backend, DeviceError
+from ..base import Backend, DeviceError, HostSyncError
 from ..host_random import NumpyGenerator, dtype_name
 from ..reference import conv, pooling
 
@@ -58,6 +60,29 @@ class StrictBackend(Backend):
 
     def synchronize(self, index=None):
         pass
+
+    @contextlib.contextmanager
+    def forbid_host_reads(self):
+        """Every way a strict array reaches Python or NumPy raises HostSyncError while inside:
+        what would make the host wait for a GPU."""
+        cls = self.xp._array_object.Array
+        names = ("__bool__", "__float__", "__int__", "__index__", "__complex__", "__array__",
+                 "__dlpack__", "to_device")
+        saved = {n: cls.__dict__[n] for n in names if n in cls.__dict__}
+
+        def refuse(name):
+            def read(*args, **kwargs):
+                raise HostSyncError(f"a device array was read back to the host ({name}) inside "
+                                    f"a block that must not wait for the device")
+            return read
+
+        for n in saved:
+            setattr(cls, n, refuse(n))
+        try:
+            yield
+        finally:
+            for n, f in saved.items():
+                setattr(cls, n, f)
 
     conv2d = staticmethod(conv.conv2d)
     conv2d_backward_data = staticmethod(conv.conv2d_backward_data)

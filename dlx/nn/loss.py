@@ -1,4 +1,5 @@
-"""Loss modules: the checks on input and target, then the pair in
+"""Loss modules: the checks on input and target (shapes, dtypes, devices; the values only
+under ``dlx.set_debug(True)``, as they need a host read), then the pair in
 ``dlx.nn.functional.loss``. ``loss_fn(input, target)`` returns a 0-d device array (no host
 sync); ``loss_fn.backward()`` returns dL/dinput for the latest call.
 
@@ -8,6 +9,7 @@ classification losses), "sum" adds them up.
 
 from __future__ import annotations
 
+from dlx._checks import is_debug
 from dlx._device import device_of, get_namespace, is_array
 from dlx.dtypes import dtype_name
 from dlx.nn import functional as F
@@ -74,10 +76,10 @@ class BCELoss(_Loss):
     def forward(self, input, target):
         self._check_pair(input, target)
         xp = get_namespace(input)
-        if not bool(xp.all((input >= 0) & (input <= 1))):
+        if is_debug() and not bool(xp.all((input >= 0) & (input <= 1))):  # a host read
             raise ValueError("BCELoss: input must hold probabilities in [0, 1]; "
                              "for raw scores use BCEWithLogitsLoss")
-        return self._call(input, target)
+        return self._call(input, target)  # else such an input gives a NaN loss
 
 
 class BCEWithLogitsLoss(_Loss):
@@ -106,7 +108,7 @@ class _ClassLoss(_Loss):
             raise ValueError(f"{name}: target must hold integer class indices, got dtype "
                              f"{dtype_name(target.dtype)}")
         c = input.shape[1]
-        if not bool(xp.all((target >= 0) & (target < c))):
+        if is_debug() and not bool(xp.all((target >= 0) & (target < c))):  # a host read
             raise ValueError(f"{name}: target holds class indices outside [0, {c - 1}]")
 
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from dlx._device import device_of, to_numpy
@@ -113,3 +115,15 @@ def gradcheck(module, x, *extra, eps=1e-6, rtol=1e-5, atol=1e-7, seed=0, check_p
                 f"(max abs error {err.max():.3g})"
             )
     return True
+
+
+@contextlib.contextmanager
+def no_host_sync(device="strict"):
+    """Inside, any read of ``device``'s arrays back to the host (``bool()``, ``float()``,
+    ``int()``, ``to_numpy``) raises ``dlx.HostSyncError``: wrap a training step in it to
+    prove the step never waits for the device. Only the strict device can catch reads (it
+    stands in for a GPU on machines without one)."""
+    from dlx._device import device as _device
+
+    with _device(device).backend.forbid_host_reads():
+        yield

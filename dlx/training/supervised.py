@@ -286,7 +286,9 @@ def fit(model, loss_fn, optimizer, train_loader, epochs: int, val_loader=None, s
                 if not math.isfinite(value):
                     bar.close()
                     raise _stopped(f"loss became {value} at epoch {epoch + 1}, step {step + 1}: "
-                                   f"training stopped (try a lower learning rate)", callbacks)
+                                   f"training stopped (try a lower learning rate; labels outside "
+                                   f"the classes also give NaN: dlx.set_debug(True) checks them)",
+                                   callbacks)
                 model.backward_params(loss_fn.backward())  # dL/dx of the input is not needed
                 total += value * n
                 seen += n

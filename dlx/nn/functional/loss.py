@@ -3,7 +3,9 @@
 
 reduction="mean" averages over all elements (over the batch for the classification
 losses), "sum" adds them up. The classification losses take logits or log-probabilities
-(N, C) and integer labels (N,); they trust the labels (the modules check them).
+(N, C) and integer labels (N,). Invalid values (a label outside the classes, a BCE input
+outside [0, 1]) make the loss and its gradient NaN on the device, so no step waits for a
+check; ``dlx.set_debug(True)`` makes the modules check eagerly and raise instead.
 """
 
 from __future__ import annotations
@@ -26,6 +28,16 @@ def _reduce(xp, per_element, count: int, reduction: str):
 def _times(g, grad):
     """dL/dinput = g * dL/dloss (skipped for the usual dL/dloss = 1)."""
     return g if (isinstance(grad, (int, float)) and grad == 1.0) else g * grad
+
+
+def _poison(xp, bad, loss, g):
+    """(loss, g) as NaN where ``bad`` (a 0-d device bool) holds, unchanged otherwise: an
+    invalid input shows as a NaN loss without reading anything back to the host."""
+    return xp.where(bad, xp.nan, loss), xp.where(bad, xp.nan, g)
+
+
+def _labels_outside(xp, target, num_classes: int):
+    return xp.any((target < 0) | (target >= num_classes))
 
 
 def one_hot(target, num_classes: int, dtype):
@@ -62,7 +74,8 @@ class binary_cross_entropy:
         per = -(target * log_p + (1.0 - target) * log_q)
         # PyTorch's gradient: (p - t) / max(p (1 - p), 1e-12)
         g = (input - target) / xp.maximum(input * q, 1e-12) * _scale(reduction, per.size)
-        return _reduce(xp, per, per.size, reduction), g
+        # probabilities outside [0, 1] (NaN included) make the loss NaN, on the device
+        return _poison(xp, ~xp.all((input >= 0) & (input <= 1)), _reduce(xp, per, per.size, reduction), g)
 
     def backward(g, grad=1.0):
         return (_times(g, grad),)
@@ -98,7 +111,9 @@ class cross_entropy:
         log_p = shifted - xp.log(sum_exp)
         n = input.shape[0]
         g = (exp / sum_exp - target_p) * _scale(reduction, n)
-        return _reduce(xp, -(target_p * log_p), n, reduction), g
+        # a label outside the classes makes the loss NaN, on the device (no host read)
+        return _poison(xp, _labels_outside(xp, target, input.shape[1]),
+                       _reduce(xp, -(target_p * log_p), n, reduction), g)
 
     def backward(g, grad=1.0):
         return (_times(g, grad),)
@@ -112,7 +127,8 @@ class nll_loss:
         target_p = one_hot(target, input.shape[1], input.dtype)
         n = input.shape[0]
         xp = get_namespace(input)
-        return _reduce(xp, -(target_p * input), n, reduction), target_p * (-_scale(reduction, n))
+        return _poison(xp, _labels_outside(xp, target, input.shape[1]),
+                       _reduce(xp, -(target_p * input), n, reduction), target_p * (-_scale(reduction, n)))
 
     def backward(g, grad=1.0):
         return (_times(g, grad),)

@@ -1,0 +1,110 @@
+"""A training step never reads a value back from the device (issue 11's first part): under
+``dlx.testing.no_host_sync()`` any such read on the strict device raises. The strict device
+stands in for a GPU, where each read would make the host wait for the queue to drain."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+import dlx
+from dlx import nn, optim
+from dlx.testing import no_host_sync
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("array_api_strict") is None,
+                                reason="array-api-strict not installed")
+
+
+@pytest.fixture
+def dev():
+    return dlx.device("strict")
+
+
+def _x(dev, shape, seed=0):
+    return dev.asarray(np.random.default_rng(seed).standard_normal(shape), dtype="float32")
+
+
+def test_the_guard_catches_every_kind_of_read(dev):
+    x = _x(dev, (3,))
+    with no_host_sync():
+        y = dev.xp.sum(x * 2.0)
+        for read in (float, int, bool, dlx.to_numpy):
+            with pytest.raises(dlx.HostSyncError, match="read back to the host"):
+                read(y)
+    assert np.isfinite(float(y))  # outside the block reads work again
+
+
+def test_lenet5_step_with_adam(dev):
+    from dlx.models import LeNet5
+
+    dlx.manual_seed(0)
+    model = LeNet5(device=dev)
+    opt = optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    x, y = _x(dev, (4, 3, 32, 32)), dev.asarray(np.array([0, 3, 9, 1]))
+    with no_host_sync():
+        for _ in range(2):
+            loss = loss_fn(model(x), y)
+            model.backward_params(loss_fn.backward())
+            opt.step()
+            opt.zero_grad()
+    assert np.isfinite(float(loss))
+
+
+def test_dcgan_step_with_adam(dev):
+    from dlx.models import DCGANDiscriminator, DCGANGenerator
+    from dlx.training import gan_step
+
+    dlx.manual_seed(0)
+    g, d = DCGANGenerator(latent_dim=8, channels=4, device=dev), DCGANDiscriminator(channels=4, device=dev)
+    g_opt, d_opt = optim.Adam(g.parameters(), 2e-4, betas=(0.5, 0.999)), optim.Adam(d.parameters(), 2e-4)
+    real = dev.xp.tanh(_x(dev, (4, 1, 28, 28)))
+    with no_host_sync():
+        out = gan_step(g, d, real, _x(dev, (4, 8), 1), g_opt, d_opt)
+    assert np.isfinite(float(out["d_loss"]))
+
+
+def test_mlp_step_with_dropout_and_momentum(dev):
+    from dlx.models import MLP
+
+    dlx.manual_seed(0)
+    model = MLP([6, 16, 3], dropout=0.3, device=dev)
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+    x, y = _x(dev, (5, 6)), dev.asarray(np.array([0, 1, 2, 1, 0]))
+    with no_host_sync():
+        for _ in range(2):
+            loss = loss_fn(model(x), y)
+            model.backward(loss_fn.backward())
+            opt.step()
+            opt.zero_grad()
+    assert np.isfinite(float(loss))
+
+
+def test_conditional_gan_step_with_hinge_and_spectral_norm(dev):
+    from dlx.models import ConditionalDCGANDiscriminator, ConditionalDCGANGenerator
+    from dlx.training import gan_step
+
+    dlx.manual_seed(0)
+    g = ConditionalDCGANGenerator(latent_dim=8, channels=4, device=dev)
+    d = ConditionalDCGANDiscriminator(channels=4, spectral_norm=True, device=dev)
+    g_opt, d_opt = optim.Adam(g.parameters(), 2e-4), optim.Adam(d.parameters(), 2e-4)
+    real, labels = dev.xp.tanh(_x(dev, (4, 1, 28, 28))), dev.asarray(np.array([1, 7, 3, 0]))
+    with no_host_sync():
+        gan_step(g, d, real, _x(dev, (4, 8), 2), g_opt, d_opt, labels=labels, loss="hinge")
+
+
+def test_the_cpu_device_cannot_guard():
+    with pytest.raises(NotImplementedError, match="use the strict device"):
+        with no_host_sync("cpu"):
+            pass
+
+
+def test_debug_checks_are_host_reads_and_the_guard_sees_them(dev, monkeypatch):
+    """dlx.set_debug(True) puts the eager label check back: exactly the read the guard is for."""
+    monkeypatch.setattr(dlx._checks, "_debug", True)
+    loss_fn = nn.CrossEntropyLoss()
+    with no_host_sync(), pytest.raises(dlx.HostSyncError):
+        loss_fn(_x(dev, (2, 3)), dev.asarray(np.array([0, 2])))
