@@ -108,3 +108,24 @@ def test_debug_checks_are_host_reads_and_the_guard_sees_them(dev, monkeypatch):
     loss_fn = nn.CrossEntropyLoss()
     with no_host_sync(), pytest.raises(dlx.HostSyncError):
         loss_fn(_x(dev, (2, 3)), dev.asarray(np.array([0, 2])))
+
+
+def test_fit_reads_back_once_an_epoch_not_once_a_step(dev, monkeypatch):
+    """Without a progress bar, an epoch's host reads do not grow with its steps."""
+    from dlx.data import ArrayDataset, DataLoader
+    from dlx.models import MLP
+
+    reads = []
+    real = type(dev.backend).to_numpy
+    monkeypatch.setattr(type(dev.backend), "to_numpy", lambda self, x: reads.append(1) or real(self, x))
+    rng = np.random.default_rng(0)
+    data = ArrayDataset(rng.standard_normal((48, 1, 2, 3)).astype(np.float32), rng.integers(0, 3, 48))
+    counts = []
+    for batch in (24, 4):  # 2 steps an epoch, then 12
+        dlx.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), MLP([6, 8, 3], device=dev))
+        reads.clear()
+        dlx.fit(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1),
+                DataLoader(data, batch, device=dev), epochs=1, progress=False)
+        counts.append(len(reads))
+    assert counts[0] == counts[1] <= 4, counts

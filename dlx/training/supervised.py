@@ -1,8 +1,10 @@
 """The classifier training loop: ``dlx.fit`` (epochs, validation, history, progress bar, callbacks,
 learning-rate schedulers, resume) and ``dlx.evaluate``, as Keras' ``fit`` does it.
 
-A step is: forward, loss, explicit backward, optimizer step, zero_grad. The loss is read
-back to the host once a step (that is how a NaN is caught at the step that made it).
+A step is: forward, loss, explicit backward, optimizer step, zero_grad, and reads nothing
+back from the device: the losses and the correct counts stay there and are read once at the
+end of the epoch (a NaN is then reported with the step that made it); the progress bar reads
+the running figures every ``PROGRESS_EVERY`` steps.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from dlx._grad_mode import no_grad
 from dlx.nn import functional as F
 from dlx.serialization import save
 
+#: the progress bar reads the running loss and accuracy back from the device every this many
+#: steps (each read makes the host wait for the device); the epoch's figures are read once
+PROGRESS_EVERY = 50
 #: a first step slower than this compiled the kernels (a fresh install): it is reported and
 #: left out of the epoch's time (a warm first step of LeNet-5 takes ~0.3 s on 2 cores)
 COMPILE_NOTE_S = 1.0
@@ -224,6 +229,23 @@ def evaluate(model, loss_fn, loader, metrics=("accuracy",), flip_tta: bool = Fal
     return logs
 
 
+def _epoch_sums(step_losses, correct_dev, epoch, callbacks):
+    """(sum of loss x batch size, correct count) of an epoch's steps, read back at once; a
+    step whose loss is not finite stops training, naming it."""
+    if not step_losses:
+        return 0.0, 0
+    xp = get_namespace(step_losses[0][0])
+    values = to_numpy(xp.stack([loss for loss, _, _ in step_losses]))  # the epoch's one read
+    total = 0.0
+    for value, (_, n, step) in zip(values.tolist(), step_losses):
+        if not math.isfinite(value):
+            raise _stopped(f"loss became {value} at epoch {epoch + 1}, step {step + 1}: training "
+                           f"stopped (try a lower learning rate; labels outside the classes also "
+                           f"give NaN: dlx.set_debug(True) checks them)", callbacks)
+        total += value * n
+    return total, 0 if correct_dev is None else int(to_numpy(correct_dev))
+
+
 def _sum_over_ranks(*values):
     """Host numbers summed over the ranks of a data-parallel run (one small all-reduce)."""
     import numpy as np
@@ -276,24 +298,20 @@ def fit(model, loss_fn, optimizer, train_loader, epochs: int, val_loader=None, s
         bar = tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
                    disable=not progress, leave=True, dynamic_ncols=True)
         t0 = time.perf_counter()
-        total, correct, seen, untimed = 0.0, 0, 0, 0
+        seen, untimed, step_losses, running, correct_dev = 0, 0, [], None, None
         for step, (x, y) in enumerate(train_loader):
             n = y.shape[0]  # 0 only on a rank whose part of a short last batch is empty
             if n:
                 out = model(x)
                 loss = loss_fn(out, y)
-                value = float(to_numpy(loss))
-                if not math.isfinite(value):
-                    bar.close()
-                    raise _stopped(f"loss became {value} at epoch {epoch + 1}, step {step + 1}: "
-                                   f"training stopped (try a lower learning rate; labels outside "
-                                   f"the classes also give NaN: dlx.set_debug(True) checks them)",
-                                   callbacks)
                 model.backward_params(loss_fn.backward())  # dL/dx of the input is not needed
-                total += value * n
+                # kept on the device: the losses are read once, at the end of the epoch
+                step_losses.append((loss, n, step))
+                running = loss * n if running is None else running + loss * n
                 seen += n
                 if "accuracy" in metrics:
-                    correct += int(to_numpy(_correct(get_namespace(out), out, y)))
+                    hits = _correct(get_namespace(out), out, y)
+                    correct_dev = hits if correct_dev is None else correct_dev + hits
             if parallel:
                 distributed.allreduce_gradients(
                     model, weight=train_loader.shard_weight(step) if sharded else None)
@@ -310,15 +328,17 @@ def fit(model, loss_fn, optimizer, train_loader, epochs: int, val_loader=None, s
                     bar.reset(total=len(train_loader))
                 t0, untimed = time.perf_counter(), seen
             if progress:
-                elapsed = time.perf_counter() - t0
-                post = {"loss": f"{total / seen:.4f}"}
-                if "accuracy" in metrics:
-                    post["acc"] = f"{correct / seen:.4f}"
-                post["img/s"] = f"{(seen - untimed) / max(elapsed, 1e-9):.0f}"
-                bar.set_postfix(post, refresh=False)
+                if seen and (step % PROGRESS_EVERY == 0 or step + 1 == len(train_loader)):
+                    elapsed = time.perf_counter() - t0  # the running figures: one read per 50 steps
+                    post = {"loss": f"{float(to_numpy(running)) / seen:.4f}"}
+                    if "accuracy" in metrics:
+                        post["acc"] = f"{int(to_numpy(correct_dev)) / seen:.4f}"
+                    post["img/s"] = f"{(seen - untimed) / max(elapsed, 1e-9):.0f}"
+                    bar.set_postfix(post, refresh=False)
                 bar.update(1)
         elapsed = time.perf_counter() - t0
         bar.close()
+        total, correct = _epoch_sums(step_losses, correct_dev, epoch, callbacks)
         if parallel:
             total, correct, seen, untimed = _sum_over_ranks(total, correct, seen, untimed)
         if seen == 0:
