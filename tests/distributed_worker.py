@@ -3,6 +3,7 @@ tests/test_distributed.py: ``python tests/distributed_worker.py MODE OUT.npz [AR
 
 Modes
   lenet B    LeNet-5, SGD, 30 steps over a seeded synthetic set, batch B per rank (sharded)
+  lenet_adam B   the same with Adam
   dcgan B    DCGAN (SyncBatchNorm), SGD, 30 GAN steps, batch B per rank; the noise of each
              global batch is drawn whole and sliced, so every world sees the same numbers
   syncbn     SyncBatchNorm on rank r's half of a batch: outputs, dx and the summed dweight/dbias
@@ -33,14 +34,15 @@ def _images(n, c, h, seed):
     return rng.standard_normal((n, c, h, h)).astype(np.float32), rng.integers(0, 10, n)
 
 
-def lenet(batch: int, out: str) -> None:
+def lenet(batch: int, out: str, adam: bool = False) -> None:
     from dlx.models import LeNet5
 
     world = dist.init()
     dlx.manual_seed(0)
     model = LeNet5()
     dist.broadcast_parameters(model)
-    opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    opt = (optim.Adam(model.parameters(), lr=1e-3) if adam
+           else optim.SGD(model.parameters(), lr=0.05, momentum=0.9))
     loss_fn = nn.CrossEntropyLoss()
     x, y = _images(96, 3, 32, 1)
     loader = DataLoader(ArrayDataset(x, y), batch, shuffle=True, seed=5, drop_last=True,
@@ -154,8 +156,8 @@ def _write(out, model, prefix="", losses=None, extra=None) -> None:
 
 if __name__ == "__main__":
     mode, out, *rest = sys.argv[1:]
-    if mode == "lenet":
-        lenet(int(rest[0]), out)
+    if mode in ("lenet", "lenet_adam"):
+        lenet(int(rest[0]), out, adam=mode == "lenet_adam")
     elif mode == "dcgan":
         dcgan(int(rest[0]), out)
     elif mode == "syncbn":

@@ -120,14 +120,18 @@ def test_convert_sync_batchnorm_keeps_parameters():
 
 # ---- two ranks ----------------------------------------------------------------------------------
 @needs_mpi
-@pytest.mark.parametrize("mode, batch", [("lenet", 8), ("dcgan", 8)])
-def test_two_ranks_train_as_one_process_with_twice_the_batch(mode, batch, tmp_path):
+@pytest.mark.parametrize("mode, batch, rtol", [("lenet", 8, 1e-4), ("dcgan", 8, 1e-4),
+                                               ("lenet_adam", 8, 1.4e-3)])
+def test_two_ranks_train_as_one_process_with_twice_the_batch(mode, batch, rtol, tmp_path):
+    """Adam turns rounding differences into +-lr steps, so it gets the float32 drift the project
+    measured for a run against itself nudged by one rounding step (1.4e-3 relative at step 56,
+    benchmarks/results/2026-11-22-h100.md); measured here after 30 steps: 5.9e-5."""
     two, one = tmp_path / "two.npz", tmp_path / "one.npz"
     proc = _run([mode, two, batch], n=2)
     assert proc.returncode == 0, proc.stderr[-2000:]
     proc = _run([mode, one, 2 * batch])
     assert proc.returncode == 0, proc.stderr[-2000:]
-    _close(one, two)
+    _close(one, two, rtol)
 
 
 @needs_mpi
