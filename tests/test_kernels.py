@@ -296,16 +296,13 @@ def check_cpu_conv(seed):
                         k_dw)
 
 
-@pytest.mark.parametrize("x_shape,w_shape", [
-    ((16, 3, 32, 32), (6, 3, 5, 5)),  # LeNet-5 conv1
-    ((16, 6, 14, 14), (16, 6, 5, 5)),  # LeNet-5 conv2
-])
-def test_cpu_conv_lenet_shapes(x_shape, w_shape):
-    rng = np.random.default_rng(3)
+def _check_cpu_conv(x_shape, w_shape, geo, seed):
+    """The Numba forward and both backwards against the float64 reference, within the bound
+    of their float32 accumulation (``assert_within_bound``)."""
+    rng = np.random.default_rng(seed)
     x = rng.standard_normal(x_shape).astype(np.float32)
     w = rng.standard_normal(w_shape).astype(np.float32)
     x64, w64 = x.astype(np.float64), w.astype(np.float64)
-    geo = ((1, 1), (0, 0), (1, 1))
     y = cpu_conv.conv2d(x, w, None, *geo)
     k_y, k_dx, k_dw = conv_terms(w_shape, y.shape)
     assert_within_bound(y, ref_conv.conv2d(x64, w64, None, *geo),
@@ -322,6 +319,14 @@ def test_cpu_conv_lenet_shapes(x_shape, w_shape):
                         k_dw)
 
 
+@pytest.mark.parametrize("x_shape,w_shape", [
+    ((16, 3, 32, 32), (6, 3, 5, 5)),  # LeNet-5 conv1
+    ((16, 6, 14, 14), (16, 6, 5, 5)),  # LeNet-5 conv2
+])
+def test_cpu_conv_lenet_shapes(x_shape, w_shape):
+    _check_cpu_conv(x_shape, w_shape, ((1, 1), (0, 0), (1, 1)), seed=3)
+
+
 @pytest.mark.parametrize("x_shape,w_shape,stride", [
     ((4, 64, 14, 14), (128, 64, 4, 4), (2, 2)),  # DCGAN discriminator conv2 (split GEMMs)
     ((3, 1, 28, 28), (64, 1, 4, 4), (2, 2)),  # DCGAN discriminator conv1
@@ -329,26 +334,7 @@ def test_cpu_conv_lenet_shapes(x_shape, w_shape):
 ])
 def test_cpu_conv_dcgan_shapes(x_shape, w_shape, stride):
     """The strided im2col path at sizes where parallel_matmul splits its GEMMs."""
-    rng = np.random.default_rng(5)
-    x = rng.standard_normal(x_shape).astype(np.float32)
-    w = rng.standard_normal(w_shape).astype(np.float32)
-    x64, w64 = x.astype(np.float64), w.astype(np.float64)
-    geo = (stride, (1, 1), (1, 1))
-    for _ in range(2):  # twice: the column workspace is reused between calls
-        y = cpu_conv.conv2d(x, w, None, *geo)
-        k_y, k_dx, k_dw = conv_terms(w_shape, y.shape)
-        assert_within_bound(y, ref_conv.conv2d(x64, w64, None, *geo),
-                            ref_conv.conv2d(np.abs(x64), np.abs(w64), None, *geo), k_y)
-        dy64 = rng.standard_normal(y.shape).astype(np.float32).astype(np.float64)
-        dy = dy64.astype(np.float32)
-        assert_within_bound(cpu_conv.conv2d_backward_data(dy, w, x_shape, *geo),
-                            ref_conv.conv2d_backward_data(dy64, w64, x_shape, *geo),
-                            ref_conv.conv2d_backward_data(np.abs(dy64), np.abs(w64), x_shape, *geo),
-                            k_dx)
-        assert_within_bound(cpu_conv.conv2d_backward_weight(x, dy, w_shape, *geo),
-                            ref_conv.conv2d_backward_weight(x64, dy64, w_shape, *geo),
-                            ref_conv.conv2d_backward_weight(np.abs(x64), np.abs(dy64), w_shape, *geo),
-                            k_dw)
+    _check_cpu_conv(x_shape, w_shape, (stride, (1, 1), (1, 1)), seed=5)
 
 
 @pytest.mark.parametrize("m,k,n", [(128, 1024, 400), (1024, 128, 392), (600, 300, 100)])

@@ -36,21 +36,26 @@ def test_the_guard_catches_every_kind_of_read(dev):
     assert np.isfinite(float(y))  # outside the block reads work again
 
 
+def _steps_without_reads(model, opt, x, y, backward="backward_params", steps=2):
+    """``steps`` training steps under the guard; the last loss, read afterwards."""
+    loss_fn = nn.CrossEntropyLoss()
+    with no_host_sync():
+        for _ in range(steps):
+            loss = loss_fn(model(x), y)
+            getattr(model, backward)(loss_fn.backward())
+            opt.step()
+            opt.zero_grad()
+    return float(loss)
+
+
 def test_lenet5_step_with_adam(dev):
     from dlx.models import LeNet5
 
     dlx.manual_seed(0)
     model = LeNet5(device=dev)
     opt = optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = nn.CrossEntropyLoss()
     x, y = _x(dev, (4, 3, 32, 32)), dev.asarray(np.array([0, 3, 9, 1]))
-    with no_host_sync():
-        for _ in range(2):
-            loss = loss_fn(model(x), y)
-            model.backward_params(loss_fn.backward())
-            opt.step()
-            opt.zero_grad()
-    assert np.isfinite(float(loss))
+    assert np.isfinite(_steps_without_reads(model, opt, x, y))
 
 
 def test_dcgan_step_with_adam(dev):
@@ -72,15 +77,20 @@ def test_mlp_step_with_dropout_and_momentum(dev):
     dlx.manual_seed(0)
     model = MLP([6, 16, 3], dropout=0.3, device=dev)
     opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    loss_fn = nn.CrossEntropyLoss()
     x, y = _x(dev, (5, 6)), dev.asarray(np.array([0, 1, 2, 1, 0]))
-    with no_host_sync():
-        for _ in range(2):
-            loss = loss_fn(model(x), y)
-            model.backward(loss_fn.backward())
-            opt.step()
-            opt.zero_grad()
-    assert np.isfinite(float(loss))
+    assert np.isfinite(_steps_without_reads(model, opt, x, y, backward="backward"))
+
+
+def test_cumulative_batch_norm_step(dev):
+    """BatchNorm with momentum=None averages over the batches seen: its factor comes from the
+    counter on the device, not read back."""
+    dlx.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4, device=dev), nn.BatchNorm1d(4, momentum=None, device=dev),
+                          nn.ReLU(), nn.Linear(4, 3, device=dev))
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    x, y = _x(dev, (5, 6)), dev.asarray(np.array([0, 1, 2, 1, 0]))
+    assert np.isfinite(_steps_without_reads(model, opt, x, y, steps=3))
+    assert int(model[1].num_batches_tracked) == 3
 
 
 def test_conditional_gan_step_with_hinge_and_spectral_norm(dev):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dlx import init, nn
 from dlx._device import get_namespace
-from dlx.models.dcgan import DCGANGenerator, dcgan_init_
+from dlx.models.dcgan import DCGANGenerator, dcgan_features, dcgan_init_
 
 __all__ = ["ConditionalDCGANDiscriminator", "ConditionalDCGANGenerator"]
 
@@ -41,7 +41,7 @@ class ConditionalDCGANGenerator(nn.Module):
 
 class ConditionalDCGANDiscriminator(nn.Module):
     """(images (N, in_channels, 28, 28), labels (N,)) -> one score per image (N, 1):
-    h = features(x) (the DCGAN discriminator's convolutions, flattened), score =
+    h = features(x) (``dcgan_features``: the DCGAN discriminator's convolutions), score =
     head(h) + <embed(label), h>. With ``spectral_norm`` every convolution, the head and the
     embedding are spectrally normalised and BatchNorm is left out (as in SNGAN); else the
     DCGAN's BatchNorm is kept. backward returns dL/dimages."""
@@ -52,14 +52,8 @@ class ConditionalDCGANDiscriminator(nn.Module):
         kw = {"device": device, "dtype": dtype}
         c2 = 2 * channels
         sn = nn.utils.spectral_norm if spectral_norm else (lambda m: m)
-        layers = [sn(nn.Conv2d(in_channels, channels, 4, stride=2, padding=1, **kw)),
-                  nn.LeakyReLU(0.2),
-                  sn(nn.Conv2d(channels, c2, 4, stride=2, padding=1, bias=spectral_norm, **kw))]
-        if not spectral_norm:
-            layers.append(nn.BatchNorm2d(c2, **kw))
-        layers += [nn.LeakyReLU(0.2), nn.Flatten()]
         self.num_classes = num_classes
-        self.features = nn.Sequential(*layers)
+        self.features = nn.Sequential(*dcgan_features(channels, in_channels, spectral_norm, **kw))
         self.head = sn(nn.Linear(c2 * 7 * 7, 1, **kw))
         self.embed = sn(nn.Embedding(num_classes, c2 * 7 * 7, **kw))
         if dcgan_init and not spectral_norm:

@@ -14,7 +14,7 @@ from dlx import init, nn
 
 __all__ = [
     "GAN_MODELS", "DCGANDiscriminator", "DCGANGenerator", "MLPDiscriminator", "MLPGenerator",
-    "dcgan_init_",
+    "dcgan_features", "dcgan_init_",
 ]
 
 
@@ -57,27 +57,32 @@ class DCGANGenerator(nn.Sequential):
             dcgan_init_(self)
 
 
-class DCGANDiscriminator(nn.Sequential):
-    """images (N, in_channels, 28, 28) -> one logit per image (N, 1):
+def dcgan_features(channels: int, in_channels: int, spectral_norm: bool, **kw) -> list:
+    """The DCGAN discriminator's convolutions, 28x28 -> (2c * 7 * 7,) features: Conv 4x4/2 ->
+    LeakyReLU(0.2) -> Conv 4x4/2 -> BN -> LeakyReLU(0.2) -> Flatten; with ``spectral_norm``
+    the convolutions are spectrally normalised and the BatchNorm left out (as in SNGAN)."""
+    c2 = 2 * channels
+    sn = nn.utils.spectral_norm if spectral_norm else (lambda m: m)
+    layers = [sn(nn.Conv2d(in_channels, channels, 4, stride=2, padding=1, **kw)),
+              nn.LeakyReLU(0.2),
+              sn(nn.Conv2d(channels, c2, 4, stride=2, padding=1, bias=spectral_norm, **kw))]
+    if not spectral_norm:
+        layers.append(nn.BatchNorm2d(c2, **kw))
+    return layers + [nn.LeakyReLU(0.2), nn.Flatten()]
 
-    Conv 4x4/2 -> (c, 14, 14) -> LeakyReLU(0.2) -> Conv 4x4/2 -> (2c, 7, 7) -> BN ->
-    LeakyReLU(0.2) -> Flatten -> Linear, with c = ``channels`` (64). With ``spectral_norm``
-    the convolutions and the linear layer are spectrally normalised (``nn.utils``) and the
-    BatchNorm is left out, as in SNGAN (Miyato et al., 2018).
+
+class DCGANDiscriminator(nn.Sequential):
+    """images (N, in_channels, 28, 28) -> one logit per image (N, 1): ``dcgan_features`` ->
+    Linear, with c = ``channels`` (64). With ``spectral_norm`` the linear layer is
+    spectrally normalised too (Miyato et al., 2018).
     """
 
     def __init__(self, channels: int = 64, in_channels: int = 1, dcgan_init: bool = True,
                  spectral_norm: bool = False, device=None, dtype=None):
         kw = {"device": device, "dtype": dtype}
-        c2 = 2 * channels
         sn = nn.utils.spectral_norm if spectral_norm else (lambda m: m)
-        layers = [sn(nn.Conv2d(in_channels, channels, 4, stride=2, padding=1, **kw)),
-                  nn.LeakyReLU(0.2),
-                  sn(nn.Conv2d(channels, c2, 4, stride=2, padding=1, bias=spectral_norm, **kw))]
-        if not spectral_norm:
-            layers.append(nn.BatchNorm2d(c2, **kw))
-        layers += [nn.LeakyReLU(0.2), nn.Flatten(), sn(nn.Linear(c2 * 7 * 7, 1, **kw))]
-        super().__init__(*layers)
+        super().__init__(*dcgan_features(channels, in_channels, spectral_norm, **kw),
+                         sn(nn.Linear(2 * channels * 7 * 7, 1, **kw)))
         if dcgan_init and not spectral_norm:
             dcgan_init_(self)
 

@@ -54,10 +54,7 @@ class _ConvNd(Module):
         """dL/dx (None when ``input_grad`` is False: the first layer of a model needs none)."""
         dx, dw, db = self._op.backward(self._pop(), dy, need_dx=input_grad,
                                        need_params=self._grad_enabled)
-        if self._grad_enabled:
-            self.weight.accumulate_grad(dw)
-            if self.bias is not None:
-                self.bias.accumulate_grad(db)
+        self._accumulate_grads(weight=dw, bias=db)
         return dx
 
     def extra_repr(self):

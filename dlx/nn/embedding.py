@@ -55,8 +55,7 @@ class Embedding(Module):
 
     def backward(self, dy):
         _, dw = F.embedding.backward(self._pop(), dy, need_params=self._grad_enabled)
-        if self._grad_enabled:
-            self.weight.accumulate_grad(dw)
+        self._accumulate_grads(weight=dw)
         return None
 
     def extra_repr(self):

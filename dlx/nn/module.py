@@ -185,6 +185,13 @@ class Module:
             )
         return self._contexts.pop()
 
+    def _accumulate_grads(self, **grads) -> None:
+        """Add each gradient to its parameter's ``.grad`` (none while ``requires_grad_(False)``)."""
+        for name, g in grads.items() if self._grad_enabled else ():
+            param = getattr(self, name)  # the attribute: a reparametrisation may stand in for it
+            if param is not None:
+                param.accumulate_grad(g)
+
     @property
     def pending_calls(self) -> int:
         """Forward calls of this module (not its children) still waiting for backward."""

@@ -54,8 +54,9 @@ class _BatchNorm(Module):
 
     def _update_running_stats(self, mean, var, count):
         self.num_batches_tracked = self.num_batches_tracked + 1
-        if self.momentum is None:  # cumulative moving average
-            factor = 1.0 / int(self.num_batches_tracked)
+        if self.momentum is None:  # cumulative moving average, 1 / batches seen (on the device)
+            xp = get_namespace(mean)
+            factor = 1.0 / xp.astype(self.num_batches_tracked, mean.dtype)
         else:
             factor = self.momentum
         self.running_mean, self.running_var = F.update_running_stats(
@@ -64,9 +65,7 @@ class _BatchNorm(Module):
     def backward(self, dy):
         ctx = self._pop()  # from batch_norm, or sync_batch_norm (SyncBatchNorm in a world > 1)
         dx, dw, db = ctx.op.backward(ctx, dy, need_params=self._grad_enabled)
-        if self.affine and self._grad_enabled:
-            self.weight.accumulate_grad(dw)
-            self.bias.accumulate_grad(db)
+        self._accumulate_grads(weight=dw, bias=db)
         return dx
 
     def extra_repr(self):
