@@ -1,11 +1,15 @@
-"""Shared fixtures: the device list every device-parametrised test runs over."""
+"""Shared fixtures: the device list every device-parametrised test runs over, the small data
+folders in official formats, and the CUDA backend on the CPU emulation (``emu``)."""
 
 from __future__ import annotations
 
 import gzip
+import importlib
 import importlib.util
 import struct
+import sys
 
+import cuda_emulation  # tests/cuda_emulation.py
 import numpy as np
 import pytest
 
@@ -65,3 +69,26 @@ def mnist_dir(tmp_path):
         write_idx(root / "mnist" / f"{prefix}-images-idx3-ubyte.gz", x)
         write_idx(root / "mnist" / f"{prefix}-labels-idx1-ubyte.gz", y)
     return root
+
+
+# --------------------------------------------------------------------------------------------
+# The CUDA backend on the CPU emulation (tests/cuda_emulation.py)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def emu_build_dir(tmp_path_factory):
+    if cuda_emulation.GXX is None:
+        pytest.skip("g++ not found: the CPU emulation of the CUDA kernels needs a C++ compiler")
+    return tmp_path_factory.mktemp("cuda_emulation")
+
+
+@pytest.fixture
+def emu(emu_build_dir, monkeypatch):
+    """The CUDA backend running on the emulator: (backend, kernels module)."""
+    with cuda_emulation._fresh_cuda_modules():
+        sys.modules["cupy"] = cuda_emulation._fake_cupy(emu_build_dir)
+        mod = importlib.import_module("dlx.backends.cuda")
+        monkeypatch.setattr(mod, "_import_xp", lambda: np)
+        kernels = importlib.import_module("dlx.backends.cuda.kernels")
+        yield mod.CUDABackend(), kernels
