@@ -10,6 +10,7 @@ on the same device.
 from __future__ import annotations
 
 import abc
+import contextlib
 
 
 class DeviceError(RuntimeError):
@@ -51,9 +52,16 @@ class Backend(abc.ABC):
     #: a data set larger than this stays on the host and is copied per batch (None: any size)
     max_resident_bytes: int | None = None
     #: optional fused update (None where a backend has none; the optimizer then runs its xp
-    #: code): adam_step(p, g, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_decay,
-    #: decoupled, step), one Adam/AdamW update in place, bit-for-bit the xp code's
+    #: code): adam_step(params, grads, exp_avgs, exp_avg_sqs, steps, entries, lr, *, beta1,
+    #: beta2, eps, weight_decay, decoupled), one Adam/AdamW update of a whole parameter group
+    #: in place, reading its step counts and learning rate from device memory (``steps`` the
+    #: group's float64 vector, ``entries[i]`` the entry of params[i], ``lr`` a float64 0-d
+    #: array), bit-for-bit the xp code's
     adam_step = None
+    #: whole-step capture (None where a backend has none; ``dlx.compile_step`` then runs the
+    #: step eagerly): capture_step(fn, args) -> an object with ``replay(args)`` -> outputs and
+    #: ``valid()``, see backends/cuda/graph.py
+    capture_step = None
 
     # ---- what ``dlx info`` shows -------------------------------------------------------------
     @classmethod
@@ -112,9 +120,32 @@ class Backend(abc.ABC):
         raise NotImplementedError(f"the {self.name} device cannot catch host reads; use the "
                                   f"strict device (dlx.testing.no_host_sync)")
 
+    def graph_kernels(self):
+        """A context manager under which eager code runs the kernels a captured step runs
+        (where they differ, e.g. CUDA's own GEMM instead of cuBLAS), so an eager step and a
+        replayed one give the same bits. Nothing changes on a backend that captures nothing."""
+        return contextlib.nullcontext()
+
     def keeps_resident(self, nbytes: int) -> bool:
         """Whether a data set of ``nbytes`` is copied to the device once, whole."""
         return self.max_resident_bytes is None or nbytes <= self.max_resident_bytes
+
+    # ---- the DataLoader's fused path -----------------------------------------------------------
+    def make_batch(self, data, idx, size, padding, oy=None, ox=None, flip=None, mean=None, std=None):
+        """A float32 training batch (B, C, SH, SW) made in one step from the uint8 data set
+        ``data`` (N, C, H, W) kept on the device, or None where this backend has no such
+        fused path (this default: the DataLoader then runs its transforms with xp). The
+        DataLoader asks once with an empty ``idx`` before it draws any random number.
+
+        Image b is ``data[idx[b]]`` (idx int64 (B,)), zero-padded by ``padding`` (left, top,
+        right, bottom), cut to ``size`` (SH, SW) at row ``oy[b]`` and column ``ox[b]`` of the
+        padded image (int64 (B,); None: at (0, 0)), mirrored left-right where ``flip[b]``
+        (bool (B,); None: never), then divided by 255 and, with ``mean`` and ``std`` (float32,
+        one value or one per channel), normalised as ``(x - mean) / std``; every operation
+        in float32 rounded as the xp code rounds it, so the batch is bit for bit that of
+        RandomCrop / RandomHorizontalFlip / Normalize given the same random choices. The
+        choices come in as arrays: this method draws no random number."""
+        return None
 
     # ---- kernels (the seam the layers call) -----------------------------------------------------
     def matmul(self, a, b):

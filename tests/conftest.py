@@ -91,4 +91,5 @@ def emu(emu_build_dir, monkeypatch):
         mod = importlib.import_module("dlx.backends.cuda")
         monkeypatch.setattr(mod, "_import_xp", lambda: np)
         kernels = importlib.import_module("dlx.backends.cuda.kernels")
+        monkeypatch.setattr(kernels, "pointer", lambda a: a.__array_interface__["data"][0])
         yield mod.CUDABackend(), kernels

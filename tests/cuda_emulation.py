@@ -94,6 +94,19 @@ template <class T> static T __shfl_down_sync(unsigned int, T v, int delta) {
     return r;
 }
 
+// IEEE operations rounded to nearest, as the CUDA intrinsics (g++ for x86-64 without -mfma
+// has no fused multiply-add to contract them into).
+static inline float __fadd_rn(float a, float b) { return a + b; }
+static inline float __fsub_rn(float a, float b) { return a - b; }
+static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline float __fdiv_rn(float a, float b) { return a / b; }
+static inline float __fsqrt_rn(float a) { return sqrtf(a); }
+static inline double __dadd_rn(double a, double b) { return a + b; }
+static inline double __dsub_rn(double a, double b) { return a - b; }
+static inline double __dmul_rn(double a, double b) { return a * b; }
+static inline double __ddiv_rn(double a, double b) { return a / b; }
+static inline double __dsqrt_rn(double a) { return sqrt(a); }
+
 static inline unsigned int __umulhi(unsigned int a, unsigned int b) {
     return (unsigned int)(((unsigned long long)a * b) >> 32);
 }
@@ -169,6 +182,7 @@ static void emu_launch(dim3 g, dim3 b, unsigned long long smem, F body) {
 """
 
 C_SCALARS = {
+    "unsigned char": (ctypes.c_ubyte, np.uint8),
     "int": (ctypes.c_int, np.int32),
     "long long": (ctypes.c_longlong, np.int64),
     "unsigned int": (ctypes.c_uint, np.uint32),

@@ -9,6 +9,7 @@ reported at the kernel that made it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -125,6 +126,32 @@ class CUDABackend(Backend):
         self._conv, self._pool, self._rng = conv2d, pooling, rng
         if os.environ.get("DLX_CUDA_FUSED", "1") != "0":  # 0: the optimizers' own xp code
             self.adam_step = optim.adam_step
+        self._own_gemm = 0  # > 0 inside graph_kernels(): matmul through gemm.cu, not cuBLAS
+
+    def capture_step(self, fn, args):
+        from . import graph
+
+        with self.graph_kernels():
+            return graph.capture_step(fn, args)
+
+    @contextlib.contextmanager
+    def graph_kernels(self):
+        self._own_gemm += 1
+        try:
+            yield
+        finally:
+            self._own_gemm -= 1
+
+    def matmul(self, a, b):
+        """cuBLAS (CuPy's matmul), or dlx's GEMM (gemm.cu) inside a captured step, which
+        cuBLAS refuses, and under graph_kernels()."""
+        from . import kernels
+
+        if self._own_gemm or kernels.current_capture is not None:
+            from . import gemm
+
+            return gemm.matmul(a, b)
+        return self.xp.matmul(a, b)
 
     @classmethod
     def info(cls) -> dict:
@@ -155,6 +182,11 @@ class CUDABackend(Backend):
     def avg_pool2d_backward(self, dy, x_shape, kernel, stride, padding, count_include_pad=True):
         return self._pool.avg_pool2d_backward(dy, x_shape, kernel, stride, padding,
                                               count_include_pad)
+
+    def make_batch(self, data, idx, size, padding, oy=None, ox=None, flip=None, mean=None, std=None):
+        from . import batch  # batch.cu's launcher (imports CuPy, as the other launchers do)
+
+        return batch.make_batch(data, idx, size, padding, oy, ox, flip, mean, std)
 
     def check_index(self, index) -> None:
         """DeviceError unless GPU ``index`` exists."""

@@ -28,6 +28,23 @@ _functions: dict = {}
 _sm_counts: dict = {}
 
 
+class Capture:
+    """What the launchers note while a step is being captured into a CUDA graph (graph.py
+    makes one, sets ``current_capture`` for the capture's duration and acts on it after):
+    ``uploads``, the host-to-device copies to make right after the capture ends, as
+    [(device array, host array)]; ``rng_calls``, {generator: calls made in the step};
+    ``keep``, arrays the graph reads that must live as long as it (and never move)."""
+
+    def __init__(self):
+        self.uploads: list = []
+        self.rng_calls: dict = {}
+        self.keep: list = []
+
+
+#: the Capture in progress, None outside a capture
+current_capture: Capture | None = None
+
+
 class KernelError(RuntimeError):
     """A CUDA kernel failed to compile, to launch or (with DLX_CUDA_SYNC=1) to run."""
 
@@ -93,6 +110,25 @@ def run(family: str, name: str, dtype: str, grid, block, args, shared_mem: int =
                 f"CUDA kernel {name} ({family}.cu, {dtype}) failed while running "
                 f"(DLX_CUDA_SYNC=1 synchronised right after its launch): {type(e).__name__}: {e}"
             ) from e
+
+
+def pointer(a) -> int:
+    """The device address of array ``a``'s first element (the tables of multi-tensor kernels
+    hold them)."""
+    return a.data.ptr
+
+
+def upload(host: np.ndarray):
+    """A new device array holding ``host``'s values. While a step is being captured into a
+    CUDA graph, where a copy from pageable host memory is refused, the array is allocated now
+    (from the graph's own pool) and filled right after the capture ends, before any replay."""
+    import cupy
+
+    if current_capture is not None:
+        out = cupy.empty(host.shape, dtype=host.dtype)
+        current_capture.uploads.append((out, np.array(host, copy=True)))
+        return out
+    return cupy.asarray(host)
 
 
 def sm_count(device_id: int) -> int:

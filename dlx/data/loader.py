@@ -3,7 +3,10 @@ transforms applied on the device.
 
 The whole uint8 set is kept on the device when it fits (see ``resident``), so a batch
 is one gather there, one conversion to float32 in [0, 1] and the transforms: no host work
-and no host-to-device copy per batch.
+and no host-to-device copy per batch. Where the backend has a fused path
+(``Backend.make_batch``: one CUDA kernel) and the transforms are a RandomCrop and/or a
+RandomHorizontalFlip, then at most one Normalize, all of that is a single launch, with the
+same values and the same random draws.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import math
 
 import numpy as np
 
-from .transforms import Compose, apply_all
+from .transforms import Compose, Normalize, RandomCrop, RandomHorizontalFlip, _flips, apply_all
 
 __all__ = ["DataLoader"]
 
@@ -72,6 +75,24 @@ def _split_transform(transform):
     while k < len(steps) and getattr(steps[k], "geometric", False):
         k += 1
     return steps[:k], steps[k:]
+
+
+def _fusable(before, after, channels):
+    """(crop, flip, normalize) of a pipeline the backend's fused ``make_batch`` reproduces
+    (RandomCrop, RandomHorizontalFlip, both in that order or neither, then at most one
+    Normalize; each None when absent), or None for any other pipeline. Exact types: a
+    subclass may compute something else."""
+    kinds = [type(t) for t in before]
+    if kinds not in ([], [RandomCrop], [RandomHorizontalFlip], [RandomCrop, RandomHorizontalFlip]):
+        return None
+    if len(after) > 1 or (after and type(after[0]) is not Normalize):
+        return None
+    norm = after[0] if after else None
+    if norm is not None and len(norm.mean) not in (1, channels):
+        return None  # the xp path raises Normalize's error
+    crop = before[0] if kinds[:1] == [RandomCrop] else None
+    flip = before[-1] if kinds[-1:] == [RandomHorizontalFlip] else None
+    return crop, flip, norm
 
 
 def _check_shard(shard, seed, shuffle) -> tuple[int, int]:
@@ -152,11 +173,47 @@ class DataLoader:
         self._x = self._put(data) if self.resident else None
         self._y = self._put(targets)
         self._uint8 = data.dtype == np.uint8
+        self._all = None  # int64 0..N-1 on the device: the images of unshuffled fused batches
+        self._fused = self._fused_plan(data.shape) if self.resident and self._uint8 else None
 
     def _put(self, host_array):
         # Host NumPy data straight to the backend (no device lookup of the NumPy array).
         dev = self.device
         return dev.backend.asarray(host_array, dev.index, None)
+
+    def _fused_plan(self, shape):
+        """(crop, flip, mean, std) when each batch is made by the backend's fused kernel
+        (``Backend.make_batch``, asked once with no image whether it has one) and the
+        transforms are ones it reproduces bit for bit; else None (the xp path)."""
+        steps = _fusable(self._before, self._after, shape[1])
+        if steps is None:
+            return None
+        no_images = self._put(np.zeros(0, np.int64))
+        if self.device.backend.make_batch(self._x, no_images, tuple(shape[2:]), (0, 0, 0, 0)) is None:
+            return None
+        crop, flip, norm = steps
+        if norm is None:
+            return crop, flip, None, None
+        # float32 on the device once, rounded as Normalize rounds them (asarray, float32)
+        mean, std = (self._put(np.asarray(v, np.float32)) for v in (norm.mean, norm.std))
+        return crop, flip, mean, std
+
+    def _fused_batch(self, lo, hi, idx, gen):
+        """Batch [lo, hi) (images ``idx``, or lo..hi-1 when None) in one kernel; the random
+        choices are drawn here as the transforms draw them: crop rows, crop columns, flips."""
+        crop, flip, mean, std = self._fused
+        _, _, h, w = self._x.shape
+        if idx is None:
+            if self._all is None:
+                self._all = self._put(np.arange(self.num_samples, dtype=np.int64))
+            idx = self._all[lo:hi]
+        size, padding, oy, ox, flips = (h, w), (0, 0, 0, 0), None, None, None
+        if crop is not None:
+            oy, ox = crop._offsets(gen, hi - lo, h, w)
+            size, padding = crop.size, crop.padding
+        if flip is not None:
+            flips = _flips(gen, hi - lo, flip.p)
+        return self.device.backend.make_batch(self._x, idx, size, padding, oy, ox, flips, mean, std)
 
     def __len__(self):
         global_batch = self.batch_size * self.world
@@ -229,16 +286,17 @@ class DataLoader:
             host_order = to_numpy(order)  # one copy per epoch, to gather on the host
         for b in range(len(self)):
             lo, hi = self._part(b) if self.world > 1 else (b * bs, min((b + 1) * bs, n))
-            if order is None:
+            idx = None if order is None else order[lo:hi]
+            yb = self._y[lo:hi] if idx is None else xp.take(self._y, idx, axis=0)
+            if self._fused is not None:  # gather, transforms and scaling in one kernel
+                yield self._fused_batch(lo, hi, idx, gen), yb
+                continue
+            if idx is None:
                 xb = self._x[lo:hi, ...] if self.resident else self._put(self._host[lo:hi])
-                yb = self._y[lo:hi]
+            elif self.resident:
+                xb = xp.take(self._x, idx, axis=0)
             else:
-                idx = order[lo:hi]
-                if self.resident:
-                    xb = xp.take(self._x, idx, axis=0)
-                else:
-                    xb = self._put(np.take(self._host, host_order[lo:hi], axis=0))
-                yb = xp.take(self._y, idx, axis=0)
+                xb = self._put(np.take(self._host, host_order[lo:hi], axis=0))
             xb = apply_all(self._before, xb, gen)
             xb = xp.astype(xb, xp.float32)  # a new array: the resident set is never touched
             if self._uint8:

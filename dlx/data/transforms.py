@@ -163,11 +163,9 @@ class RandomCrop(Transform):
         _check_images(x, "RandomCrop")
         xp = _namespace(x)
         n, c, h, w = x.shape
-        left, top, right, bottom = self.padding
-        hp, wp = h + top + bottom, w + left + right
+        left, top, _, _ = self.padding
+        hp, wp = self._padded(h, w)
         sh, sw = self.size
-        if sh > hp or sw > wp:
-            raise ValueError(f"RandomCrop: crop {self.size} is larger than the padded image ({hp}, {wp})")
         # Columns first, then rows, each gathered as whole rows of a 2-D array: the indices
         # have N*SW and N*C*SH entries, not one per pixel (a per-pixel int64 index is 3 MB
         # for 128 CIFAR images, and in a training loop its page faults cost more than the
@@ -175,11 +173,10 @@ class RandomCrop(Transform):
         dev, i64 = x.device, xp.int64
         zt = xp.zeros((n, wp, c, hp), dtype=x.dtype, device=dev)
         zt[:, left : left + w, :, top : top + h] = xp.permute_dims(x, (0, 3, 1, 2))
-        oy = gen.integers(0, hp - sh + 1, (n,))
-        ox = gen.integers(0, wp - sw + 1, (n,))
+        oy, ox = self._offsets(gen, n, h, w)
         j = xp.reshape(xp.arange(sw, dtype=i64, device=dev), (1, sw))
         if flip_p is not None:  # flipped image n reads its window right to left
-            flip = gen.uniform((n,), 0.0, 1.0, "float32") < flip_p
+            flip = _flips(gen, n, flip_p)
             j = xp.where(xp.reshape(flip, (n, 1)), (sw - 1) - j, j)
         first = xp.reshape(xp.arange(n, dtype=i64, device=dev) * wp + ox, (n, 1))
         cols = xp.take(xp.reshape(zt, (n * wp, c * hp)), xp.reshape(first + j, (-1,)), axis=0)
@@ -193,6 +190,20 @@ class RandomCrop(Transform):
         )
         out = xp.take(cols, xp.reshape(rows, (-1,)), axis=0)  # (N*C*SH, SW)
         return xp.reshape(out, (n, c, sh, sw))
+
+    def _padded(self, h, w):
+        """(HP, WP): the padded image's shape; ValueError when the crop does not fit it."""
+        left, top, right, bottom = self.padding
+        hp, wp = h + top + bottom, w + left + right
+        if self.size[0] > hp or self.size[1] > wp:
+            raise ValueError(f"RandomCrop: crop {self.size} is larger than the padded image ({hp}, {wp})")
+        return hp, wp
+
+    def _offsets(self, gen, n, h, w):
+        """(oy, ox), int64 (n,): each window's top-left corner in the padded image, drawn
+        rows first (the draws of the crop; the DataLoader's fused path makes the same)."""
+        hp, wp = self._padded(h, w)
+        return gen.integers(0, hp - self.size[0] + 1, (n,)), gen.integers(0, wp - self.size[1] + 1, (n,))
 
     def __repr__(self):
         return f"RandomCrop(size={self.size}, padding={self.padding})"
@@ -230,5 +241,10 @@ class RandomHorizontalFlip(Transform):
         _check_images(x, "RandomHorizontalFlip")
         xp = _namespace(x)
         n = x.shape[0]
-        flip = _generator(x, generator).uniform((n,), 0.0, 1.0, "float32") < self.p
+        flip = _flips(_generator(x, generator), n, self.p)
         return xp.where(xp.reshape(flip, (n, 1, 1, 1)), xp.flip(x, axis=3), x)
+
+
+def _flips(gen, n, p):
+    """Which of ``n`` images a flip with probability ``p`` mirrors: bool (n,), one draw each."""
+    return gen.uniform((n,), 0.0, 1.0, "float32") < p

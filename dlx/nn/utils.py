@@ -54,15 +54,20 @@ class _SpectralNorm:
     def _normalised(self, power_iteration: bool):
         m = self.module
         w = m._parameters[self.name + "_orig"].data
-        xp = m._parameters[self.name + "_orig"].device.xp
+        dev = m._parameters[self.name + "_orig"].device
+        xp = dev.xp
         mat, _ = self._matrix(xp, w)
         u, v = m._buffers[self.name + "_u"], m._buffers[self.name + "_v"]
+
+        def mv(a, vec):  # matrix @ vector through the backend's GEMM (capturable on CUDA)
+            return xp.reshape(dev.backend.matmul(a, xp.reshape(vec, (-1, 1))), (-1,))
+
         if power_iteration:
             for _ in range(self.n):
-                v = _normalize(xp, xp.matmul(mat.T, u), self.eps)
-                u = _normalize(xp, xp.matmul(mat, v), self.eps)
+                v = _normalize(xp, mv(mat.T, u), self.eps)
+                u = _normalize(xp, mv(mat, v), self.eps)
             m._buffers[self.name + "_u"], m._buffers[self.name + "_v"] = u, v
-        sigma = xp.sum(u * xp.matmul(mat, v))
+        sigma = xp.sum(u * mv(mat, v))
         return w / sigma, sigma, u, v
 
     def forward(self, *args, **kwargs):
@@ -86,7 +91,8 @@ class _SpectralNorm:
         if g is not None:
             xp = orig.device.xp
             w = param.data
-            uv = xp.matmul(xp.reshape(u, (-1, 1)), xp.reshape(v, (1, -1)))  # d sigma / d matrix
+            # d sigma / d matrix, the outer product u v^T
+            uv = orig.device.backend.matmul(xp.reshape(u, (-1, 1)), xp.reshape(v, (1, -1)))
             _, order = self._matrix(xp, w)
             shape = tuple(w.shape[d] for d in order)
             back = tuple(order.index(d) for d in range(w.ndim))

@@ -59,25 +59,33 @@ class Adagrad(Optimizer):
 
     def step(self, closure=None):
         loss = closure() if closure is not None else None
-        for group in self.param_groups:
-            lr = float(group["lr"])
+        for gi, group in enumerate(self.param_groups):
+            live = [p for p in group["params"] if p.grad is not None]
+            if not live:
+                continue
+            steps = self._steps(gi, group, live)
             lr_decay = float(group["lr_decay"])
             weight_decay = float(group["weight_decay"])
             eps = float(group["eps"])
-            for p in group["params"]:
+            xp = live[0].device.xp
+            # torch's clr for every parameter of the group at once, in float64
+            clr = self._lr(gi, group, live[0].device) / (1 + (steps - 1) * lr_decay)
+            rounded: dict = {}  # dtype -> clr rounded to it once
+            for i, p in enumerate(group["params"]):
                 g = p.grad
                 if g is None:
                     continue
-                state = self._state(p, group)
-                state["step"] += 1
+                state = self.state[p]
                 if weight_decay != 0:
                     g = g + weight_decay * p.data
-                clr = lr / (1 + (state["step"] - 1) * lr_decay)
+                clr_p = rounded.get(p.data.dtype)
+                if clr_p is None:
+                    clr_p = rounded[p.data.dtype] = xp.astype(clr, p.data.dtype)
                 s = state["sum"]
                 s += g * g
-                std = p.device.xp.sqrt(s)
+                std = xp.sqrt(s)
                 std += eps
                 t = g / std
-                t *= clr
+                t *= clr_p[i]
                 p.data -= t
         return loss

@@ -65,29 +65,49 @@ class Adam(Optimizer):
 
     def step(self, closure=None):
         loss = closure() if closure is not None else None
-        for group in self.param_groups:
-            lr = float(group["lr"])
+        for gi, group in enumerate(self.param_groups):
+            live = [p for p in group["params"] if p.grad is not None]
+            if not live:
+                continue
             beta1, beta2 = float(group["betas"][0]), float(group["betas"][1])
             eps = float(group["eps"])
             weight_decay = float(group["weight_decay"])
             amsgrad = bool(group["amsgrad"])
             decoupled = bool(group["decoupled_weight_decay"])
-            for p in group["params"]:
+            steps = self._steps(gi, group, live)  # float64, on the device
+            lr = self._lr(gi, group, live[0].device)
+            fused = live[0].device.backend.adam_step  # the whole group in one kernel (CUDA)
+            if fused is not None and not amsgrad:
+                pos = {id(p): i for i, p in enumerate(group["params"])}
+                fused([p.data for p in live], [p.grad for p in live],
+                      [self.state[p]["exp_avg"] for p in live],
+                      [self.state[p]["exp_avg_sq"] for p in live], steps,
+                      [pos[id(p)] for p in live], lr, beta1=beta1, beta2=beta2, eps=eps,
+                      weight_decay=weight_decay, decoupled=decoupled)
+                continue
+            xp = live[0].device.xp
+            # the step's scalars for the whole group at once, in float64 as torch computes
+            # them on the host, then rounded once to the parameters' dtype
+            # (entries of parameters without a gradient this step may be 0: counted as 1 here,
+            # their results unused, so no division by zero)
+            t = xp.maximum(steps, 1.0) if len(live) < len(group["params"]) else steps
+            step_size = lr / (1 - beta1**t)
+            bias_correction2_sqrt = xp.pow(1 - beta2**t, 0.5)
+            decay = 1 - lr * weight_decay
+            scalars: dict = {}  # dtype -> the three, rounded
+            for i, p in enumerate(group["params"]):
                 g = p.grad
                 if g is None:
                     continue
-                state = self._state(p, group)
-                xp = p.device.xp
-                state["step"] = step = state["step"] + 1
-                fused = p.device.backend.adam_step  # the same update in one kernel (CUDA)
-                if fused is not None and not amsgrad:
-                    fused(p.data, g, state["exp_avg"], state["exp_avg_sq"], lr=lr, beta1=beta1,
-                          beta2=beta2, eps=eps, weight_decay=weight_decay, decoupled=decoupled,
-                          step=step)
-                    continue
+                dt = p.data.dtype
+                if dt not in scalars:
+                    scalars[dt] = (xp.astype(step_size, dt), xp.astype(bias_correction2_sqrt, dt),
+                                   xp.astype(decay, dt))
+                ss, bc2, dec = scalars[dt]
+                state = self.state[p]
                 if weight_decay != 0:
                     if decoupled:
-                        p.data *= 1 - lr * weight_decay
+                        p.data *= dec
                     else:
                         g = g + weight_decay * p.data
                 exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
@@ -103,13 +123,11 @@ class Adam(Optimizer):
                     exp_avg_sq = state["max_exp_avg_sq"] = xp.maximum(
                         state["max_exp_avg_sq"], exp_avg_sq
                     )
-                step_size = lr / (1 - beta1**step)
-                bias_correction2_sqrt = (1 - beta2**step) ** 0.5
                 denom = xp.sqrt(exp_avg_sq)
-                denom /= bias_correction2_sqrt
+                denom /= bc2[i]
                 denom += eps
                 t = exp_avg / denom
-                t *= step_size
+                t *= ss[i]
                 p.data -= t
         return loss
 

@@ -56,6 +56,7 @@ class LRScheduler:
         values = self.get_lr()
         for group, lr in zip(self.optimizer.param_groups, values):
             group["lr"] = lr
+        self.optimizer._push_lr()  # the new rates to the device, where the update kernels read them
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def get_last_lr(self) -> list[float]:

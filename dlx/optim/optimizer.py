@@ -3,14 +3,33 @@
 
 State arrays live on their parameter's device and follow ``Module.to(...)``: a Parameter
 calls ``_move_state`` on each optimizer that registered itself in ``p._optimizers``.
+
+A step never reads the device from the host, and what changes between steps lives in device
+memory rather than in launch arguments: each group's learning rate is a float64 0-d array on
+its parameters' device (written when ``group["lr"]`` changed, by ``step()``, by a scheduler or
+by ``push_hyperparameters()``), and the step counts of a group are one float64 vector there
+(``state[p]["step"]`` is a 0-d view of its entry). So a step captured into a CUDA graph follows
+its scheduler, and the per-step scalars (bias corrections, decayed rates) are computed for a
+whole group at once on the device.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 
 from dlx._device import device_of, is_array, to_numpy
 from dlx.nn.module import Parameter
+
+_LIVE: weakref.WeakSet = weakref.WeakSet()  # every optimizer, for push_hyperparameters()
+
+
+def push_hyperparameters() -> None:
+    """Write every optimizer's changed learning rates to the device (host-to-device only).
+    A captured step (``dlx.compile_step``) calls it before each replay, so a rate set by
+    hand between steps is what the next replay reads."""
+    for opt in list(_LIVE):
+        opt._push_lr()
 
 
 class _Required:
@@ -55,6 +74,9 @@ class Optimizer:
         self._validate(self.defaults)
         self.state: dict = {}
         self.param_groups: list[dict] = []
+        self._lr_slots: dict = {}  # (group index, device) -> [value written, 0-d float64 array]
+        self._step_vectors: dict = {}  # group index -> (device, float64 vector, {id(p): i})
+        _LIVE.add(self)
         if isinstance(params, Parameter):
             raise TypeError(
                 f"{type(self).__name__}: params must be an iterable of Parameters or of dicts, "
@@ -129,7 +151,85 @@ class Optimizer:
         state = self.state.get(p)
         if state is None:
             state = self.state[p] = self._init_state(p, group)
+            if "step" in state:  # a counting optimizer: its entry of the group's vector
+                dev, vec, pos = self._step_vector(self._group_index(group), group)
+                state["step"] = _view(dev.xp, vec, pos[id(p)])
         return state
+
+    # ---- device-resident learning rates and step counts ---------------------------------------
+    def _group_index(self, group: dict) -> int:
+        for gi, g in enumerate(self.param_groups):
+            if g is group:
+                return gi
+        raise ValueError(f"{type(self).__name__}: this group is not one of param_groups")
+
+    @staticmethod
+    def _group_device(group: dict):
+        devices = {p.device for p in group["params"]}
+        if len(devices) != 1:
+            names = ", ".join(sorted(str(d) for d in devices))
+            raise ValueError(
+                f"a parameter group's parameters live on {names}: an optimizer step reads one "
+                "learning rate and one step-count vector per group on one device; move the "
+                "model with .to(device) or give each device its own group"
+            )
+        return next(iter(devices))
+
+    def _lr(self, gi: int, group: dict, dev):
+        """The group's learning rate as a float64 0-d array on ``dev``, rewritten in place (a
+        captured graph keeps reading the same address) when ``group["lr"]`` changed."""
+        lr = float(group["lr"])
+        slot = self._lr_slots.get((gi, dev))
+        if slot is None:
+            slot = self._lr_slots[(gi, dev)] = [lr, dev.asarray(lr, dtype="float64", copy=True)]
+        elif slot[0] != lr:
+            slot[1][...] = lr
+            slot[0] = lr
+        return slot[1]
+
+    def _push_lr(self) -> None:
+        for gi, dev in list(self._lr_slots):
+            if gi < len(self.param_groups):
+                self._lr(gi, self.param_groups[gi], dev)
+
+    def _steps(self, gi: int, group: dict, live: list):
+        """Count one step for each parameter in ``live`` (those with a gradient) and return the
+        group's step vector on its device (entry i belongs to group["params"][i])."""
+        _, vec, pos = self._step_vector(gi, group)
+        for p in live:
+            self._state(p, group)  # fresh state takes its view of vec
+        if len(live) == len(group["params"]):
+            vec += 1
+        else:
+            for p in live:
+                i = pos[id(p)]
+                v = vec[i : i + 1]
+                v += 1
+        return vec
+
+    def _step_vector(self, gi: int, group: dict):
+        """(device, vector, {id(p): i}) of the group, packed anew when its parameters moved."""
+        dev = self._group_device(group)
+        packed = self._step_vectors.get(gi)
+        if packed is None or packed[0] != dev or len(packed[2]) != len(group["params"]):
+            packed = self._step_vectors[gi] = self._pack_steps(group, dev)
+        return packed
+
+    def _pack_steps(self, group: dict, dev):
+        """A new step vector for ``group`` on ``dev`` from its parameters' current counts (0
+        for parameters without state), and their state's views into it."""
+        xp = dev.xp
+        params = group["params"]
+        vec = xp.zeros((len(params),), dtype=xp.float64, device=dev.array_device)
+        pos = {id(p): i for i, p in enumerate(params)}
+        for i, p in enumerate(params):
+            state = self.state.get(p)
+            if state is None or "step" not in state:
+                continue
+            old = state["step"]
+            vec[i : i + 1] = xp.reshape(dev.asarray(old, dtype="float64"), (1,))
+            state["step"] = _view(xp, vec, i)
+        return dev, vec, pos
 
     def _required_state(self, group: Mapping) -> tuple[str, ...]:
         return ("step",)
@@ -151,7 +251,9 @@ class Optimizer:
         if not state:
             return
         for k, v in state.items():
-            if is_array(v):
+            if k == "step":  # float64 whatever the parameters' dtype; repacked by the next step
+                state[k] = dev.asarray(v, dtype="float64", copy=True)
+            elif is_array(v):
                 state[k] = dev.asarray(v, dtype=dtype)
 
     # ---- checkpoints --------------------------------------------------------------------------
@@ -253,6 +355,10 @@ class Optimizer:
             group.clear()
             group.update(new)
         self.state = new_state
+        self._step_vectors.clear()
+        for gi, group in enumerate(self.param_groups):
+            if any("step" in self.state.get(p, ()) for p in group["params"]):
+                self._step_vector(gi, group)
 
     def _load_param_state(self, p: Parameter, st: Mapping, idx: int, group: dict) -> dict:
         name = type(self).__name__
@@ -296,3 +402,9 @@ class Optimizer:
                     lines.append(f"    {k}: {group[k]}")
         lines.append(")")
         return "\n".join(lines)
+
+
+def _view(xp, vec, i: int):
+    """Entry ``i`` of ``vec`` as a 0-d array sharing its memory (every namespace dlx runs on
+    gives a view for a slice and a reshape of it)."""
+    return xp.reshape(vec[i : i + 1], ())

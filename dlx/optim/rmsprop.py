@@ -69,20 +69,25 @@ class RMSprop(Optimizer):
 
     def step(self, closure=None):
         loss = closure() if closure is not None else None
-        for group in self.param_groups:
-            lr = float(group["lr"])
+        for gi, group in enumerate(self.param_groups):
+            live = [p for p in group["params"] if p.grad is not None]
+            if not live:
+                continue
+            self._steps(gi, group, live)  # counted on the device, as torch keeps the count
+            lr = self._lr(gi, group, live[0].device)
+            rounded: dict = {}  # dtype -> lr rounded to it once
             alpha = float(group["alpha"])
             eps = float(group["eps"])
             weight_decay = float(group["weight_decay"])
             momentum = float(group["momentum"])
             centered = bool(group["centered"])
-            for p in group["params"]:
+            for p in live:
                 g = p.grad
-                if g is None:
-                    continue
-                state = self._state(p, group)
+                state = self.state[p]
                 xp = p.device.xp
-                state["step"] += 1
+                lr_p = rounded.get(p.data.dtype)
+                if lr_p is None:
+                    lr_p = rounded[p.data.dtype] = xp.astype(lr, p.data.dtype)
                 if weight_decay != 0:
                     g = g + weight_decay * p.data
                 square_avg = state["square_avg"]
@@ -103,9 +108,9 @@ class RMSprop(Optimizer):
                     buf = state["momentum_buffer"]
                     buf *= momentum
                     buf += g / avg
-                    p.data -= lr * buf
+                    p.data -= lr_p * buf
                 else:
                     t = g / avg
-                    t *= lr
+                    t *= lr_p
                     p.data -= t
         return loss

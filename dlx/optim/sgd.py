@@ -51,17 +51,19 @@ class SGD(Optimizer):
 
     def step(self, closure=None):
         loss = closure() if closure is not None else None
-        for group in self.param_groups:
+        for gi, group in enumerate(self.param_groups):
+            live = [p for p in group["params"] if p.grad is not None]
+            if not live:
+                continue
             # float(): a numpy.float64 hyper-parameter would promote float32 arrays to float64
-            lr = float(group["lr"])
+            lr = self._lr(gi, group, live[0].device)  # float64, on the device
+            rounded: dict = {}  # dtype -> lr rounded to it once
             momentum = float(group["momentum"])
             dampening = float(group["dampening"])
             weight_decay = float(group["weight_decay"])
             nesterov = bool(group["nesterov"])
-            for p in group["params"]:
+            for p in live:
                 g = p.grad
-                if g is None:
-                    continue
                 if weight_decay != 0:
                     g = g + weight_decay * p.data
                 if momentum != 0:
@@ -75,5 +77,8 @@ class SGD(Optimizer):
                         buf *= momentum
                         buf += g if dampening == 0 else (1 - dampening) * g
                     g = g + momentum * buf if nesterov else buf
-                p.data -= lr * g
+                lr_p = rounded.get(p.data.dtype)
+                if lr_p is None:
+                    lr_p = rounded[p.data.dtype] = p.device.xp.astype(lr, p.data.dtype)
+                p.data -= lr_p * g
         return loss

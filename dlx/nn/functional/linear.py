@@ -85,4 +85,5 @@ class embedding:
         picked = xp.reshape(flat, (-1, 1)) == rows  # (N, num)
         if padding_idx is not None:
             picked = picked & (rows != padding_idx)
-        return None, xp.matmul(xp.astype(picked, dy.dtype).T, xp.reshape(dy, (-1, dim)))
+        matmul = device_of(dy).backend.matmul
+        return None, matmul(xp.astype(picked, dy.dtype).T, xp.reshape(dy, (-1, dim)))
