@@ -95,6 +95,14 @@ class Backend(abc.ABC):
     def synchronize(self, index=None) -> None:
         """Wait for the work queued on the device (nothing to do on a CPU)."""
 
+    def start_read(self, x):
+        """Begin copying ``x`` to the host without making the host wait for the device: returns
+        a function that gives the NumPy value once the copy has landed and None before. The
+        value is ``x`` as it is at this point of the device's queue, whatever later work does
+        to it. Here (memory the host reads directly) the copy is made at once."""
+        value = self.to_numpy(x)
+        return lambda: value
+
     # ---- collectives (dlx.distributed): ``world`` moves NumPy arrays between processes -------
     def all_reduce(self, world, x, index=None):
         """The sum of ``x`` over the ranks of ``world``, as a new array on the device. This

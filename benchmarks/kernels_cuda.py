@@ -3,10 +3,12 @@
 Shapes: LeNet-5's layers at batch 128 and 1024 (conv 3->6 5x5 on 32x32, max/avg pool 2 on
 6x28x28, conv 6->16 5x5 on 14x14, pool 2 on 16x10x10) and a larger layer (64->64, 3x3,
 pad 1, 32x32, batch 128). Per shape: forward, backward-data and backward-weight (pooling:
-forward and backward). Timed with CUDA events by ``cupyx.profiler.benchmark`` after a
-warm-up; the table shows the median GPU time and the median CPU time of one call (the
-launch overhead on the host). float32 throughout; cuDNN runs with TF32 off and
-``cudnn.benchmark`` on, so it computes in the same precision and picks its fastest algorithm.
+forward and backward). And the Linear layers' products (LeNet-5's three, the DCGAN
+generator's first): dlx's GEMM (gemm.cu, what a captured step uses) against cuBLAS. Timed
+with CUDA events by ``cupyx.profiler.benchmark`` after a warm-up; the table shows the median
+GPU time and the median CPU time of one call (the launch overhead on the host). float32
+throughout; cuDNN runs with TF32 off and ``cudnn.benchmark`` on, so it computes in the same
+precision and picks its fastest algorithm.
 
     python benchmarks/kernels_cuda.py --out benchmarks/results/kernels_cuda.json
 """
@@ -146,6 +148,35 @@ def _load_torch():
     return torch, f"torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}"
 
 
+def _gemm_shapes(batches):
+    """The products of LeNet-5's Linear layers (forward x W^T, backward dy W and dy^T x) and
+    of the DCGAN generator's first layer, at each batch size."""
+    shapes = []
+    for n in batches:
+        for fin, fout in ((400, 120), (120, 84), (84, 10), (100, 6272)):
+            shapes += [{"name": f"linear{fin}x{fout} b{n}", "op": "gemm fwd x@W^T", "a": (n, fin),
+                        "b": (fout, fin), "ta": False, "tb": True},
+                       {"name": f"linear{fin}x{fout} b{n}", "op": "gemm bwd dy@W", "a": (n, fout),
+                        "b": (fout, fin), "ta": False, "tb": False},
+                       {"name": f"linear{fin}x{fout} b{n}", "op": "gemm bwd dy^T@x", "a": (n, fout),
+                        "b": (n, fin), "ta": True, "tb": False}]
+    return shapes
+
+
+def _bench_gemm(cp, record, rs, s):
+    """dlx's GEMM (gemm.cu, what a captured step multiplies with) against cuBLAS (cupy.matmul),
+    on the same operands, transposed views included."""
+    from dlx.backends.cuda import gemm
+
+    a = rs.standard_normal(s["a"], dtype=cp.float32)
+    b = rs.standard_normal(s["b"], dtype=cp.float32)
+    a = a.T if s["ta"] else a
+    b = b.T if s["tb"] else b
+    ours = gemm.matmul(a, b)
+    record(s["name"], s["op"], "dlx", lambda: gemm.matmul(a, b))
+    record(s["name"], s["op"], "cuBLAS (cupy)", lambda: cp.matmul(a, b), _maxdiff(cp, cp.matmul(a, b), ours))
+
+
 def _time(fn, repeat, warmup):
     from cupyx.profiler import benchmark
 
@@ -282,6 +313,9 @@ def run(batches, repeat, warmup, only=None):
     for s in _pool_shapes(batches):
         if not only or only in s["name"]:
             _bench_pool(cp, backend, torch, record, rs, s)
+    for s in _gemm_shapes(batches):
+        if not only or only in s["name"]:
+            _bench_gemm(cp, record, rs, s)
     return {
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "python": sys.version.split()[0],
@@ -312,7 +346,7 @@ def summary(result) -> str:
     for (shape, op), t in by.items():
         d = t.get("dlx")
         i = t.get("cupy im2col+cuBLAS", t.get("cupy im2col"))
-        c = t.get("cuDNN (torch)", t.get("torch"))
+        c = t.get("cuDNN (torch)", t.get("torch", t.get("cuBLAS (cupy)")))
         lines.append(f"{shape:24s} {op:16s} {_fmt(d)} {_fmt(i, 10)} {_fmt(c)} {_ratio(i, d)} {_ratio(c, d)}")
     return "\n".join(lines)
 

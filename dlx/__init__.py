@@ -32,6 +32,7 @@ float64 = "float64"
 _SUBMODULES = ("data", "init", "metrics", "models", "nn", "optim", "testing", "training")
 _LAZY = {  # name -> module that defines it, imported on first use
     "save": "dlx.serialization", "load": "dlx.serialization",
+    "compile_step": "dlx.compile", "CompiledStep": "dlx.compile",
     **dict.fromkeys(("fit", "evaluate", "History", "Callback", "Checkpoint", "EarlyStopping"),
                     "dlx.training.supervised"),
 }
@@ -48,6 +49,7 @@ def __getattr__(name):  # import submodules on first use: `import dlx` stays lig
 
 __all__ = [
     "Callback", "Checkpoint", "EarlyStopping", "History", "evaluate", "fit", "load", "save",
+    "CompiledStep", "compile_step",
     "Device",
     "DeviceError",
     "HostSyncError",

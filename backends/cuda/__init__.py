@@ -217,6 +217,18 @@ class CUDABackend(Backend):
     def generator(self, index, seed):
         return self._rng.CUDAGenerator(index or 0, seed)
 
+    def start_read(self, x):
+        """An asynchronous copy into pinned host memory on the current stream, in queue order,
+        and an event after it: the returned function looks at the event, never waits on it."""
+        cp = self._cupy
+        with cp.cuda.Device(x.device.id):
+            host = cp.cuda.alloc_pinned_memory(x.nbytes)
+            out = np.frombuffer(host, dtype=x.dtype, count=x.size).reshape(x.shape)
+            x.get(out=out, blocking=False)
+            done = cp.cuda.Event(block=False, disable_timing=True)
+            done.record()
+        return lambda: np.array(out) if done.done else None
+
     def synchronize(self, index=None):
         self._cupy.cuda.Device(index or 0).synchronize()
 

@@ -1,7 +1,13 @@
 // Random numbers of the CUDA backend: Philox4x32-10 (Salmon et al., SC'11; the generator
 // behind curand's Philox4_32_10 and Random123), used counter-based. Element i of call number
-// `call` is philox(counter = (i_lo, i_hi, call_lo, call_hi), key): no state on the device,
-// any thread computes any element, and a stream is resumed from (key, call) alone.
+// `call` is philox(counter = (i_lo, i_hi, call_lo, call_hi), key): any thread computes any
+// element, and a stream is resumed from (key, call) alone.
+//
+// The call number is *call_base + call_offset, read on the device: an eager launch passes a
+// word holding 0 and its number as the offset; a launch captured into a CUDA graph passes its
+// generator's base word and its rank among the step's calls, and before each replay the host
+// writes the generator's count into the base word. So every replay draws new numbers, the
+// ones the same step run eagerly would have drawn.
 //
 // The loader puts `typedef float real;` or `typedef double real;` in front of this text.
 
@@ -30,10 +36,11 @@ __device__ __forceinline__ philox_out philox4x32_10(unsigned int c0, unsigned in
 }
 
 __device__ __forceinline__ philox_out philox_at(long long i, unsigned int k0, unsigned int k1,
-                                                unsigned int call_lo, unsigned int call_hi)
+                                                unsigned long long call)
 {
     const unsigned long long u = (unsigned long long)i;
-    return philox4x32_10((unsigned int)u, (unsigned int)(u >> 32), call_lo, call_hi, k0, k1);
+    return philox4x32_10((unsigned int)u, (unsigned int)(u >> 32), (unsigned int)call,
+                         (unsigned int)(call >> 32), k0, k1);
 }
 
 // A uniform number in [0, 1) from words a, b: 24 bits for float, 53 bits for double
@@ -55,11 +62,13 @@ __device__ __forceinline__ double cos2pi_(double v) { return cos(6.2831853071795
 
 extern "C" __global__ void rng_uniform(
     real* __restrict__ out, long long n, unsigned int k0, unsigned int k1,
-    unsigned int call_lo, unsigned int call_hi, real low, real span)
+    const unsigned long long* __restrict__ call_base,
+    unsigned long long call_offset, real low, real span)
 {
+    const unsigned long long call = *call_base + call_offset;
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
-        const philox_out r = philox_at(i, k0, k1, call_lo, call_hi);
+        const philox_out r = philox_at(i, k0, k1, call);
         out[i] = low + span * unit(r.v[0], r.v[1]);
     }
 }
@@ -67,11 +76,13 @@ extern "C" __global__ void rng_uniform(
 // Box-Muller with u1 in (0, 1], so the logarithm is finite.
 extern "C" __global__ void rng_normal(
     real* __restrict__ out, long long n, unsigned int k0, unsigned int k1,
-    unsigned int call_lo, unsigned int call_hi, real mean, real std)
+    const unsigned long long* __restrict__ call_base,
+    unsigned long long call_offset, real mean, real std)
 {
+    const unsigned long long call = *call_base + call_offset;
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
-        const philox_out r = philox_at(i, k0, k1, call_lo, call_hi);
+        const philox_out r = philox_at(i, k0, k1, call);
         const real u1 = (real)1 - unit(r.v[0], r.v[1]);
         const real u2 = unit(r.v[2], r.v[3]);
         out[i] = mean + std * (sqrt_((real)-2 * log_(u1)) * cos2pi_(u2));
@@ -81,11 +92,13 @@ extern "C" __global__ void rng_normal(
 // 64 random bits per element (sort keys for permutation).
 extern "C" __global__ void rng_bits64(
     unsigned long long* __restrict__ out, long long n, unsigned int k0, unsigned int k1,
-    unsigned int call_lo, unsigned int call_hi)
+    const unsigned long long* __restrict__ call_base,
+    unsigned long long call_offset)
 {
+    const unsigned long long call = *call_base + call_offset;
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
-        const philox_out r = philox_at(i, k0, k1, call_lo, call_hi);
+        const philox_out r = philox_at(i, k0, k1, call);
         out[i] = ((unsigned long long)r.v[0] << 32) | r.v[1];
     }
 }
@@ -94,11 +107,13 @@ extern "C" __global__ void rng_bits64(
 // the bias is below range / 2^64).
 extern "C" __global__ void rng_integers(
     long long* __restrict__ out, long long n, unsigned int k0, unsigned int k1,
-    unsigned int call_lo, unsigned int call_hi, long long low, unsigned long long range)
+    const unsigned long long* __restrict__ call_base,
+    unsigned long long call_offset, long long low, unsigned long long range)
 {
+    const unsigned long long call = *call_base + call_offset;
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
-        const philox_out r = philox_at(i, k0, k1, call_lo, call_hi);
+        const philox_out r = philox_at(i, k0, k1, call);
         const unsigned long long bits = ((unsigned long long)r.v[0] << 32) | r.v[1];
         out[i] = low + (long long)__umul64hi(bits, range);
     }

@@ -4,6 +4,12 @@ The state is two numbers: the 64-bit key (from the seed, through NumPy's SeedSeq
 a call counter. Call number k fills element i with philox((i, k), key), so a stream is
 reproduced exactly from its state, whatever the launch configuration, and ``get_state`` is
 a small JSON-able dict. The numbers differ from the CPU device's PCG64 stream.
+
+The kernels read the call number from the device (``*call_base + call_offset``): eager calls
+pass a word holding 0 and the counter; calls captured into a CUDA graph pass the generator's
+own base word and their rank within the step, and ``before_replay`` writes the counter there
+before each replay (then advances it by the step's calls), so replays draw what eager steps
+would have drawn.
 """
 
 from __future__ import annotations
@@ -26,12 +32,28 @@ class CUDAGenerator:
         words = np.random.SeedSequence(seed).generate_state(2, dtype=np.uint32)
         self._key = (int(words[0]), int(words[1]))
         self._counter = 0
+        self._base = None  # the base word of captured calls (allocated on first capture)
 
     def _call(self) -> tuple:
-        """(k0, k1, call_lo, call_hi) for the next call, as the kernels' uint32 scalars."""
-        c = self._counter
-        self._counter = (c + 1) % 2**64
-        return tuple(np.uint32(v) for v in (*self._key, c & 0xFFFFFFFF, c >> 32))
+        """(k0, k1, call_base, call_offset) for the next call, as the kernels' arguments."""
+        key = (np.uint32(self._key[0]), np.uint32(self._key[1]))
+        cap = K.current_capture
+        if cap is None:
+            c = self._counter
+            self._counter = (c + 1) % 2**64
+            return (*key, _zero_word(self._index), np.uint64(c))
+        if self._base is None:
+            with cupy.cuda.Device(self._index):
+                self._base = cupy.zeros((1,), dtype=cupy.uint64)
+        k = cap.rng_calls.get(self, 0)
+        cap.rng_calls[self] = k + 1
+        return (*key, self._base, np.uint64(k))
+
+    def before_replay(self, calls: int) -> None:
+        """Give a captured step's ``calls`` calls the next numbers of the stream: the base
+        word gets the counter (a host-to-device write, in stream order), the counter moves on."""
+        self._base[...] = np.uint64(self._counter)
+        self._counter = (self._counter + int(calls)) % 2**64
 
     def _fill(self, name, shape, dtype, extra=()):
         shape = tuple(int(s) for s in shape)
@@ -79,6 +101,18 @@ class CUDAGenerator:
         k0, k1 = (int(k) for k in state["key"])
         self._key = (k0 & 0xFFFFFFFF, k1 & 0xFFFFFFFF)
         self._counter = int(state["counter"]) % 2**64
+
+
+_zero_words: dict = {}
+
+
+def _zero_word(index: int):
+    """A device word holding 0 on GPU ``index``: the call base of eager launches."""
+    word = _zero_words.get(index)
+    if word is None:
+        with cupy.cuda.Device(index):
+            word = _zero_words[index] = cupy.zeros((1,), dtype=cupy.uint64)
+    return word
 
 
 def _float_dtype(dtype) -> str:

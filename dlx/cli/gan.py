@@ -74,6 +74,9 @@ def register(subparsers):
                    help="bce: non-saturating (default); hinge: the hinge loss of SNGAN")
     g.add_argument("--spectral-norm", action="store_true",
                    help="spectral norm on every layer of the DCGAN discriminator (no BatchNorm)")
+    g.add_argument("--graph", action=argparse.BooleanOptionalAction, default=False,
+                   help="cuda: capture each training step into a CUDA graph and replay it per "
+                        "batch (dlx.compile_step); other devices run eagerly (default: eager)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=run)
     from dlx.cli import gan_sample
@@ -244,7 +247,7 @@ def train(args) -> int:
         train_gan(generator, discriminator, loader, args.epochs, latent_dim=args.latent_dim, device=dev,
                   callback=after_epoch, progress=not args.quiet, g_optimizer=g_opt, d_optimizer=d_opt,
                   ema_generator=ema, ema_decay=args.ema or 0.999, loss=args.loss,
-                  ema_warmup=args.ema_warmup)
+                  ema_warmup=args.ema_warmup, graph=args.graph)
         if not main:
             return 0
         last = report["epochs"][-1]

@@ -3,6 +3,7 @@ checkpoint every epoch, ``history.json`` and loss/accuracy curves."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -57,6 +58,9 @@ def register(subparsers):
     t.add_argument("--out", default=None, help="output folder (default: runs/MODEL)")
     t.add_argument("--seed", type=int, default=0, help="random seed (weights, order, augmentation)")
     t.add_argument("--resume", default=None, metavar="CKPT", help="continue from this checkpoint")
+    t.add_argument("--graph", action=argparse.BooleanOptionalAction, default=False,
+                   help="cuda: capture each training step into a CUDA graph and replay it per "
+                        "batch (dlx.compile_step); other devices run eagerly (default: eager)")
     t.add_argument("--quiet", action="store_true",
                    help="no progress bar and no per-epoch lines (only the banner and the result)")
     t.set_defaults(func=run)
@@ -196,7 +200,7 @@ def _train(args, world, say, dev, model, opt, sched, loader, val, train_set, tes
     hist = dlx.fit(model, dlx.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing), opt, loader,
                    epochs=args.epochs, val_loader=val, scheduler=sched,
                    callbacks=[dlx.Checkpoint(ckpt_path, meta=meta)], progress=not args.quiet,
-                   initial_epoch=start, history=history)
+                   initial_epoch=start, history=history, graph=args.graph)
     elapsed = time.perf_counter() - t0
     record = {**hist.to_dict(), "device": str(dev), "wall_time_s": elapsed}
     if args.tta and len(hist):

@@ -17,6 +17,7 @@ from dlx import distributed, nn
 from dlx._device import device as _device
 from dlx._device import get_namespace, to_numpy
 from dlx._grad_mode import no_grad
+from dlx.compile import compile_step
 from dlx.nn import functional as F
 
 __all__ = ["copy_buffers_", "ema_update_", "gan_step", "sample", "train_gan"]
@@ -93,7 +94,8 @@ def copy_buffers_(dst, src) -> None:
 def train_gan(generator, discriminator, loader, epochs: int, lr: float = 2e-4,
               betas=(0.5, 0.999), latent_dim: int | None = None, device=None, callback=None,
               progress: bool = True, g_optimizer=None, d_optimizer=None, ema_generator=None,
-              ema_decay: float = 0.999, loss: str = "bce", ema_warmup: bool = False) -> dict:
+              ema_decay: float = 0.999, loss: str = "bce", ema_warmup: bool = False,
+              graph: bool = False) -> dict:
     """Train a GAN for ``epochs`` epochs over ``loader`` (batches ``(x, y)`` or ``x``, images
     in the generator's output range, [-1, 1]) with Adam(lr, betas) for both networks
     (or the optimizers given). Noise z ~ N(0, 1) of size ``latent_dim`` (default
@@ -118,6 +120,10 @@ def train_gan(generator, discriminator, loader, epochs: int, lr: float = 2e-4,
     world)``) every rank draws its own noise, ``gan_step`` averages the gradients, the
     epoch's figures are averaged over the ranks and only rank 0 shows progress; the callback
     runs on every rank (so schedulers step everywhere): write files there on rank 0 only.
+
+    ``graph=True``: on cuda, each step (noise, both networks' updates, the loss sums) is
+    replayed as one captured CUDA graph (``dlx.compile_step``; the weight average runs after
+    it, its decay changing per step); eagerly elsewhere and under ``mpiexec``.
     """
     from tqdm.auto import tqdm
 
@@ -138,25 +144,36 @@ def train_gan(generator, discriminator, loader, epochs: int, lr: float = 2e-4,
     progress = progress and distributed.is_main()
     history: dict = {}
     ema_steps = 0
+    sums: dict = {}  # the epoch's loss sums, device scalars added to in place by every step
+
+    def train_step(real, *labels):
+        z = rng_of(dev).normal((int(real.shape[0]), latent_dim), dtype=dtype)
+        out = gan_step(generator, discriminator, real, z, g_optimizer, d_optimizer, loss_fn,
+                       labels=labels[0] if labels else None, loss=loss)
+        for k, v in out.items():
+            if k not in sums:  # the first (eager) step makes them
+                sums[k] = dev.xp.zeros_like(v)
+            sums[k] += v
+
+    step_fn = compile_step(train_step, graph=graph and distributed.world_size() == 1)
     for epoch in range(1, epochs + 1):
         generator.train()
         discriminator.train()
         bar = tqdm(total=len(loader), desc=f"epoch {epoch}/{epochs}", unit="batch",
                    disable=not progress, leave=True, dynamic_ncols=True)
-        t0, seen, steps, sums = time.perf_counter(), 0, 0, None
+        t0, seen, steps = time.perf_counter(), 0, 0
+        for v in sums.values():
+            v[...] = 0
         for batch in loader:
             real = batch[0] if isinstance(batch, (tuple, list)) else batch
-            labels = batch[1] if conditional else None
+            labels = (batch[1],) if conditional else ()
             n = int(real.shape[0])
-            z = rng_of(dev).normal((n, latent_dim), dtype=dtype)
-            out = gan_step(generator, discriminator, real, z, g_optimizer, d_optimizer, loss_fn,
-                           labels=labels, loss=loss)
+            step_fn(real, *labels)
             if ema_generator is not None:
                 decay = min(ema_decay, (1 + ema_steps) / (10 + ema_steps)) if ema_warmup else ema_decay
                 ema_update_(ema_generator, generator, decay)
                 ema_steps += 1
             # summed on the device; read back every 50 steps for the bar, not every step
-            sums = out if sums is None else {k: sums[k] + v for k, v in out.items()}
             seen, steps = seen + n, steps + 1
             if progress and (steps % 50 == 0 or steps == len(loader)):
                 bar.set_postfix({k: f"{float(to_numpy(v)) / steps:.3f}" for k, v in sums.items()},
@@ -166,10 +183,11 @@ def train_gan(generator, discriminator, loader, epochs: int, lr: float = 2e-4,
         if steps == 0:
             raise ValueError("train_gan: the loader produced no batches")
         elapsed = time.perf_counter() - t0
+        means = sums
         if distributed.world_size() > 1:  # every rank ran as many steps: mean of the means
-            sums = {k: distributed.all_reduce(v, "mean") for k, v in sums.items()}
+            means = {k: distributed.all_reduce(v, "mean") for k, v in sums.items()}
             seen = int(to_numpy(distributed.all_reduce(np.asarray(seen))))
-        logs = {"epoch": epoch, **{k: float(to_numpy(v)) / steps for k, v in sums.items()},
+        logs = {"epoch": epoch, **{k: float(to_numpy(v)) / steps for k, v in means.items()},
                 "time_s": elapsed, "images_per_s": seen / elapsed}
         if not (math.isfinite(logs["d_loss"]) and math.isfinite(logs["g_loss"])):
             raise FloatingPointError(f"train_gan: the loss became non-finite in epoch {epoch} "

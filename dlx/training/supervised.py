@@ -2,9 +2,11 @@
 learning-rate schedulers, resume) and ``dlx.evaluate``, as Keras' ``fit`` does it.
 
 A step is: forward, loss, explicit backward, optimizer step, zero_grad, and reads nothing
-back from the device: the losses and the correct counts stay there and are read once at the
-end of the epoch (a NaN is then reported with the step that made it); the progress bar reads
-the running figures every ``PROGRESS_EVERY`` steps.
+back from the device: the epoch's loss sum, correct count and finite-loss run are device
+scalars the step adds to, read once at the end of the epoch (a NaN is then reported with the
+step that made it); the progress bar reads the running figures every ``PROGRESS_EVERY``
+steps. So the step can be captured whole into a CUDA graph (``fit(graph=True)``, see
+dlx/compile.py).
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ import os
 import time
 
 from dlx import distributed
-from dlx._device import get_namespace, to_numpy
+from dlx._device import device_of, get_namespace, to_numpy
 from dlx._grad_mode import no_grad
+from dlx.compile import compile_step
 from dlx.nn import functional as F
 from dlx.serialization import save
 
-#: the progress bar reads the running loss and accuracy back from the device every this many
-#: steps (each read makes the host wait for the device); the epoch's figures are read once
+#: the progress bar starts a copy of the running loss and accuracy every this many steps and
+#: shows it when it has landed (the host never waits for it); the epoch's figures are read once
 PROGRESS_EVERY = 50
 #: a first step slower than this compiled the kernels (a fresh install): it is reported and
 #: left out of the epoch's time (a warm first step of LeNet-5 takes ~0.3 s on 2 cores)
@@ -229,21 +232,67 @@ def evaluate(model, loss_fn, loader, metrics=("accuracy",), flip_tta: bool = Fal
     return logs
 
 
-def _epoch_sums(step_losses, correct_dev, epoch, callbacks):
-    """(sum of loss x batch size, correct count) of an epoch's steps, read back at once; a
-    step whose loss is not finite stops training, naming it."""
-    if not step_losses:
-        return 0.0, 0
-    xp = get_namespace(step_losses[0][0])
-    values = to_numpy(xp.stack([loss for loss, _, _ in step_losses]))  # the epoch's one read
-    total = 0.0
-    for value, (_, n, step) in zip(values.tolist(), step_losses):
-        if not math.isfinite(value):
-            raise _stopped(f"loss became {value} at epoch {epoch + 1}, step {step + 1}: training "
-                           f"stopped (try a lower learning rate; labels outside the classes also "
-                           f"give NaN: dlx.set_debug(True) checks them)", callbacks)
-        total += value * n
-    return total, 0 if correct_dev is None else int(to_numpy(correct_dev))
+class _EpochSums:
+    """The epoch's figures as device scalars a step adds to in place (the same arrays for the
+    whole run: a captured step keeps their addresses): the loss x batch size sum (float64,
+    added in step order, as Python would), the correct count, the steps taken and how many
+    of them in a row, from the first, had a finite loss."""
+
+    def __init__(self, dev):
+        xp, where = dev.xp, dev.array_device
+        self.xp = xp
+        self.loss = xp.zeros((), dtype=xp.float64, device=where)
+        self.correct = xp.zeros((), dtype=xp.int64, device=where)
+        self.steps = xp.zeros((), dtype=xp.int64, device=where)
+        self.finite_run = xp.zeros((), dtype=xp.int64, device=where)
+
+    def reset(self):
+        for a in (self.loss, self.correct, self.steps, self.finite_run):
+            a[...] = 0
+
+    def add(self, loss, n, hits=None):
+        xp = self.xp
+        self.loss += xp.astype(loss, xp.float64) * n
+        if hits is not None:
+            self.correct += hits
+        self.finite_run += xp.astype(xp.isfinite(loss) & (self.finite_run == self.steps), xp.int64)
+        self.steps += 1
+
+    def read(self, epoch, callbacks):
+        """(loss sum, correct count), read back at once; a step whose loss was not finite
+        stops training, naming it."""
+        xp = self.xp
+        values = to_numpy(xp.stack([self.loss, xp.astype(self.correct, xp.float64),
+                                    xp.astype(self.steps, xp.float64),
+                                    xp.astype(self.finite_run, xp.float64)]))  # the one read
+        total, correct, steps, run = values.tolist()
+        if run < steps:
+            raise _stopped(f"loss became {total} at epoch {epoch + 1}, step {int(run) + 1}: "
+                           f"training stopped (try a lower learning rate; labels outside the "
+                           f"classes also give NaN: dlx.set_debug(True) checks them)", callbacks)
+        return total, int(correct)
+
+
+def _show_running(bar, reading, step, seen, untimed, t0, sums, accuracy):
+    """The progress bar's running loss, accuracy and speed, without making the host wait for
+    the device: every ``PROGRESS_EVERY`` steps a copy of the sums starts (``start_read``);
+    the bar shows it once it has landed, some steps later. Returns the read in flight."""
+    if reading is not None:
+        value = reading[0]()
+        if value is None:
+            return reading
+        loss_sum, correct = value.tolist()
+        n = reading[1]
+        post = {"loss": f"{loss_sum / n:.4f}"}
+        if accuracy:
+            post["acc"] = f"{correct / n:.4f}"
+        post["img/s"] = f"{(seen - untimed) / max(time.perf_counter() - t0, 1e-9):.0f}"
+        bar.set_postfix(post, refresh=False)
+    if seen and step % PROGRESS_EVERY == 0:
+        xp = sums.xp
+        figures = xp.stack([sums.loss, xp.astype(sums.correct, xp.float64)])
+        return device_of(figures).backend.start_read(figures), seen
+    return None
 
 
 def _sum_over_ranks(*values):
@@ -256,7 +305,7 @@ def _sum_over_ranks(*values):
 
 def fit(model, loss_fn, optimizer, train_loader, epochs: int, val_loader=None, scheduler=None,
         callbacks=(), metrics=("accuracy",), progress: bool = True, initial_epoch: int = 0,
-        history: History | dict | None = None) -> History:
+        history: History | dict | None = None, graph: bool = False) -> History:
     """Train for epochs ``initial_epoch .. epochs - 1`` and return the ``History``.
 
     ``scheduler`` steps once an epoch (once a batch where its ``per_batch`` is True, as
@@ -271,6 +320,9 @@ def fit(model, loss_fn, optimizer, train_loader, epochs: int, val_loader=None, s
     A NaN or infinite loss raises FloatingPointError naming the epoch and step; checkpoints
     already written are kept. Weights are checked finite at the end of each epoch (and the
     validation loss, if any) before any callback runs, so a checkpoint holds good weights.
+    ``graph=True``: on cuda, each step (forward, loss, backward, optimizer step) is replayed as
+    one captured CUDA graph (``dlx.compile_step``); elsewhere, and under ``mpiexec`` (the
+    gradient all-reduce runs between backward and the step), the step runs eagerly.
     """
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"fit: epochs must be a positive int, got {epochs!r}")
@@ -292,31 +344,44 @@ def fit(model, loss_fn, optimizer, train_loader, epochs: int, val_loader=None, s
         train_loader.set_epoch(initial_epoch)
     from tqdm.auto import tqdm
 
+    sums = None
+    accuracy = "accuracy" in metrics
+
+    def train_step(x, y):
+        out = model(x)
+        loss = loss_fn(out, y)
+        model.backward_params(loss_fn.backward())  # dL/dx of the input is not needed
+        optimizer.step()
+        optimizer.zero_grad()
+        sums.add(loss, y.shape[0], _correct(get_namespace(out), out, y) if accuracy else None)
+
+    step_fn = compile_step(train_step, graph=graph and not parallel)
     for epoch in range(initial_epoch, epochs):
         model.train()
         lr = float(optimizer.param_groups[0]["lr"])
         bar = tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
                    disable=not progress, leave=True, dynamic_ncols=True)
         t0 = time.perf_counter()
-        seen, untimed, step_losses, running, correct_dev = 0, 0, [], None, None
+        seen, untimed, reading = 0, 0, None
+        if sums is not None:
+            sums.reset()
         for step, (x, y) in enumerate(train_loader):
             n = y.shape[0]  # 0 only on a rank whose part of a short last batch is empty
-            if n:
-                out = model(x)
-                loss = loss_fn(out, y)
-                model.backward_params(loss_fn.backward())  # dL/dx of the input is not needed
-                # kept on the device: the losses are read once, at the end of the epoch
-                step_losses.append((loss, n, step))
-                running = loss * n if running is None else running + loss * n
-                seen += n
-                if "accuracy" in metrics:
-                    hits = _correct(get_namespace(out), out, y)
-                    correct_dev = hits if correct_dev is None else correct_dev + hits
-            if parallel:
+            if sums is None:
+                sums = _EpochSums(device_of(x))
+            if parallel:  # the gradients are averaged between backward and the update
+                if n:
+                    out = model(x)
+                    loss = loss_fn(out, y)
+                    model.backward_params(loss_fn.backward())
+                    sums.add(loss, n, _correct(get_namespace(out), out, y) if accuracy else None)
                 distributed.allreduce_gradients(
                     model, weight=train_loader.shard_weight(step) if sharded else None)
-            optimizer.step()
-            optimizer.zero_grad()
+                optimizer.step()
+                optimizer.zero_grad()
+            else:
+                step_fn(x, y)
+            seen += n
             if per_batch:
                 scheduler.step()
             if step == 0 and epoch == initial_epoch and time.perf_counter() - t0 > COMPILE_NOTE_S:
@@ -328,17 +393,11 @@ def fit(model, loss_fn, optimizer, train_loader, epochs: int, val_loader=None, s
                     bar.reset(total=len(train_loader))
                 t0, untimed = time.perf_counter(), seen
             if progress:
-                if seen and (step % PROGRESS_EVERY == 0 or step + 1 == len(train_loader)):
-                    elapsed = time.perf_counter() - t0  # the running figures: one read per 50 steps
-                    post = {"loss": f"{float(to_numpy(running)) / seen:.4f}"}
-                    if "accuracy" in metrics:
-                        post["acc"] = f"{int(to_numpy(correct_dev)) / seen:.4f}"
-                    post["img/s"] = f"{(seen - untimed) / max(elapsed, 1e-9):.0f}"
-                    bar.set_postfix(post, refresh=False)
+                reading = _show_running(bar, reading, step, seen, untimed, t0, sums, accuracy)
                 bar.update(1)
         elapsed = time.perf_counter() - t0
         bar.close()
-        total, correct = _epoch_sums(step_losses, correct_dev, epoch, callbacks)
+        total, correct = sums.read(epoch, callbacks) if sums is not None else (0.0, 0)
         if parallel:
             total, correct, seen, untimed = _sum_over_ranks(total, correct, seen, untimed)
         if seen == 0:
