@@ -219,6 +219,16 @@ def to_numpy(x):
     return device_of(x).backend.to_numpy(x)
 
 
+def copy_into(old, new):
+    """``new``'s values copied into ``old``'s memory when shape and dtype match (torch's
+    ``copy_``: a step captured into a CUDA graph keeps reading the same addresses); else
+    ``new`` itself. Returns the array that holds the values."""
+    if old is None or tuple(old.shape) != tuple(new.shape) or old.dtype != new.dtype:
+        return new
+    old[...] = new
+    return old
+
+
 def asarray(data, device: str | Device | None = None, dtype=None):
     """``data`` as an array on ``device`` (the default device if None).
 

@@ -157,3 +157,42 @@ def test_replayed_graph_equals_eager_steps_bit_for_bit(dropout, sgd, steps=200):
     assert float(dlx.to_numpy(t1)) == float(dlx.to_numpy(t2))
     for k, v in _weights(m1).items():
         np.testing.assert_array_equal(v, _weights(m2)[k], err_msg=k)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("strict", marks=pytest.mark.skipif(
+    not HAS_STRICT, reason="array-api-strict not installed"))])
+def test_a_step_updates_its_state_where_it_lies(device):
+    """A captured graph reads and writes fixed addresses: every array a step updates (batch
+    norm statistics, spectral norm's vectors, optimizer state, the step counts) is updated in
+    place, and load_state_dict copies into the arrays it finds, as torch's copy_ does."""
+    dev = dlx.device(device)
+    dlx.manual_seed(0)
+    model = nn.Sequential(nn.utils.spectral_norm(nn.Conv2d(3, 4, 3, device=dev)),
+                          nn.BatchNorm2d(4, device=dev), nn.Flatten(),
+                          nn.Linear(4 * 30 * 30, 10, device=dev))
+    opt = optim.Adam(model.parameters(), lr=1e-3, amsgrad=True)
+    loss_fn = nn.CrossEntropyLoss()
+    x, y = _batches(dev, 1, batch=4)[0]
+
+    def step():
+        loss_fn(model(x), y)
+        model.backward_params(loss_fn.backward())
+        opt.step()
+        opt.zero_grad()
+
+    step()
+    before = {k: v for k, v in model.state_dict().items()}
+    state = [dict(s) for s in opt.state.values()]
+    saved = {k: dlx.to_numpy(v).copy() for k, v in before.items()}
+    for _ in range(2):
+        step()
+    after = model.state_dict()
+    assert [k for k, v in before.items() if after[k] is not v] == []
+    assert all(s2[k] is v for s1, s2 in zip(state, opt.state.values()) for k, v in s1.items())
+    moved = [k for k in saved if not np.array_equal(dlx.to_numpy(after[k]), saved[k])]
+    assert "1.running_mean" in moved and "0.weight_u" in moved
+    model.load_state_dict(saved)
+    reloaded = model.state_dict()
+    assert all(reloaded[k] is v for k, v in before.items())
+    for k, v in saved.items():
+        np.testing.assert_array_equal(dlx.to_numpy(reloaded[k]), v)

@@ -32,7 +32,10 @@ class CUDAGenerator:
         words = np.random.SeedSequence(seed).generate_state(2, dtype=np.uint32)
         self._key = (int(words[0]), int(words[1]))
         self._counter = 0
-        self._base = None  # the base word of captured calls (allocated on first capture)
+        # the base word of captured calls, made now: allocated during a capture, its zeroing
+        # would be captured too and undo before_replay's write at every replay
+        with cupy.cuda.Device(self._index):
+            self._base = cupy.zeros((1,), dtype=cupy.uint64)
 
     def _call(self) -> tuple:
         """(k0, k1, call_base, call_offset) for the next call, as the kernels' arguments."""
@@ -42,9 +45,6 @@ class CUDAGenerator:
             c = self._counter
             self._counter = (c + 1) % 2**64
             return (*key, _zero_word(self._index), np.uint64(c))
-        if self._base is None:
-            with cupy.cuda.Device(self._index):
-                self._base = cupy.zeros((1,), dtype=cupy.uint64)
         k = cap.rng_calls.get(self, 0)
         cap.rng_calls[self] = k + 1
         return (*key, self._base, np.uint64(k))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import weakref
 from collections import OrderedDict, deque
 
-from dlx._device import Device, device_of, is_array, to_numpy
+from dlx._device import Device, copy_into, device_of, is_array, to_numpy
 from dlx._device import device as _device
 from dlx._grad_mode import is_grad_enabled
 from dlx.dtypes import FLOAT_DTYPES, dtype_name
@@ -382,10 +382,10 @@ class Module:
             pre = f"{mod_name}." if mod_name else ""
             for name, p in m._parameters.items():
                 if p is not None and pre + name in new_values:
-                    p.data = new_values[pre + name]
+                    p.data = copy_into(p.data, new_values[pre + name])
             for name in list(m._buffers):
                 if pre + name in new_values:
-                    m._buffers[name] = new_values[pre + name]
+                    m._buffers[name] = copy_into(m._buffers[name], new_values[pre + name])
         return missing, unexpected
 
     # ---- printing -------------------------------------------------------------------------

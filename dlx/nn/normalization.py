@@ -53,14 +53,17 @@ class _BatchNorm(Module):
         return y
 
     def _update_running_stats(self, mean, var, count):
-        self.num_batches_tracked = self.num_batches_tracked + 1
+        # in place, as torch does: a step captured into a CUDA graph keeps these addresses
+        self.num_batches_tracked[...] = self.num_batches_tracked + 1
         if self.momentum is None:  # cumulative moving average, 1 / batches seen (on the device)
             xp = get_namespace(mean)
             factor = 1.0 / xp.astype(self.num_batches_tracked, mean.dtype)
         else:
             factor = self.momentum
-        self.running_mean, self.running_var = F.update_running_stats(
+        new_mean, new_var = F.update_running_stats(
             self.running_mean, self.running_var, mean, var, count, factor)
+        self.running_mean[...] = new_mean
+        self.running_var[...] = new_var
 
     def backward(self, dy):
         ctx = self._pop()  # from batch_norm, or sync_batch_norm (SyncBatchNorm in a world > 1)

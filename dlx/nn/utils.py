@@ -66,7 +66,9 @@ class _SpectralNorm:
             for _ in range(self.n):
                 v = _normalize(xp, mv(mat.T, u), self.eps)
                 u = _normalize(xp, mv(mat, v), self.eps)
-            m._buffers[self.name + "_u"], m._buffers[self.name + "_v"] = u, v
+            m._buffers[self.name + "_u"][...] = u  # in place: a captured step keeps the addresses
+            m._buffers[self.name + "_v"][...] = v
+            u, v = m._buffers[self.name + "_u"], m._buffers[self.name + "_v"]
         sigma = xp.sum(u * mv(mat, v))
         return w / sigma, sigma, u, v
 

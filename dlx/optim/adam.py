@@ -118,11 +118,9 @@ class Adam(Optimizer):
                 t = g * g
                 t *= 1 - beta2
                 exp_avg_sq += t
-                if amsgrad:
-                    # a new array rather than an in-place copy: one pass instead of two
-                    exp_avg_sq = state["max_exp_avg_sq"] = xp.maximum(
-                        state["max_exp_avg_sq"], exp_avg_sq
-                    )
+                if amsgrad:  # in place: a captured step keeps the state's addresses
+                    state["max_exp_avg_sq"][...] = xp.maximum(state["max_exp_avg_sq"], exp_avg_sq)
+                    exp_avg_sq = state["max_exp_avg_sq"]
                 denom = xp.sqrt(exp_avg_sq)
                 denom /= bc2[i]
                 denom += eps
