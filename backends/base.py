@@ -134,6 +134,11 @@ class Backend(abc.ABC):
         replayed one give the same bits. Nothing changes on a backend that captures nothing."""
         return contextlib.nullcontext()
 
+    def compile_note(self):
+        """A line to show before a first step that will wait for kernels to be compiled (a
+        fresh install), or None."""
+        return None
+
     def keeps_resident(self, nbytes: int) -> bool:
         """Whether a data set of ``nbytes`` is copied to the device once, whole."""
         return self.max_resident_bytes is None or nbytes <= self.max_resident_bytes

@@ -2,11 +2,12 @@
 # The GPU checks of the captured training step (issue 11), in one device call of under 10
 # minutes (cwd: the repo copy; $OUT: a folder whose files come back):
 #
-#   1. the cuda-marked tests, among them tests/test_compile.py's replayed graph against eager
-#      steps with the same kernels, bit for bit over 200 LeNet-5 steps (Adam, Adam + dropout,
-#      SGD; the short last batch's own graph), the fused multi-tensor Adam against the xp code
-#      (tests/test_optim.py), dlx's GEMM and the fused batch kernel against CuPy; failures are
-#      rerun with DLX_CUDA_SYNC=1;
+#   1. the cuda-marked tests of this issue: tests/test_compile.py's replayed graph against
+#      eager steps with the same kernels, bit for bit over 200 LeNet-5 steps (Adam, Adam +
+#      dropout, SGD; the short last batch's own graph), the fused multi-tensor Adam against
+#      the xp code (tests/test_optim.py), the loader's fused batch kernel (tests/test_data.py
+#      on cuda), dlx's GEMM against cuBLAS (tests/test_cuda_kernels.py), fit on cuda; failures are rerun with DLX_CUDA_SYNC=1 (the rest of the cuda
+#      suite runs last, in the time left);
 #   2. the kernel table (benchmarks/kernels_cuda.py), dlx's GEMM included;
 #   3. benchmarks/graph_epoch.py: the LeNet-5 epoch (batch 128 and 512, with and without crop +
 #      flip) for dlx eager, dlx graph, PyTorch eager and PyTorch graphed/compiled, the DCGAN
@@ -30,11 +31,14 @@ from dlx.backends.cuda import cuda_info
 print(json.dumps(cuda_info(), indent=1))
 print(dlx.device('cuda'))
 "
-if has pytest && has array_api_compat; then
-    stage 03_pytest_cuda 200 "$PY" -m pytest -m cuda -q -rfEs --durations=15 \
-        --junitxml="$LOGS/pytest_cuda.xml"
+CUDA_TESTS=(tests/test_compile.py tests/test_optim.py tests/test_data.py tests/test_cuda_kernels.py
+            tests/test_no_host_sync.py tests/test_training.py)
+if has pytest && has array_api_compat; then  # the tests of this issue first, the rest at the end
+    stage 03_pytest_cuda_graph 150 "$PY" -m pytest -m cuda -q -rfEs --durations=10 "${CUDA_TESTS[@]}" \
+        --junitxml="$LOGS/pytest_cuda_graph.xml"
     if [ "$LAST_RC" -ne 0 ] && [ "$LAST_RC" -ne 5 ]; then
-        stage 03b_failed_with_sync 60 env DLX_CUDA_SYNC=1 "$PY" -m pytest -m cuda --lf -x -q -rfE
+        stage 03b_failed_with_sync 60 env DLX_CUDA_SYNC=1 "$PY" -m pytest -m cuda --lf -x -q -rfE \
+            "${CUDA_TESTS[@]}"
     fi
 fi
 stage 04_kernels 60 "$PY" benchmarks/kernels_cuda.py --out "$LOGS/kernels_cuda.json"
@@ -48,6 +52,12 @@ if [ -f "$DATA/cifar10/cifar-10-python.tar.gz" ]; then
         stage "06_main_job_$mode" 60 "$PY" -m dlx.cli train lenet5 --dataset cifar10 --device cuda \
             --data-dir "$DATA" --epochs 10 --quiet --"$mode" --out "$LOGS/main_job_$mode"
     done
+fi
+if has pytest && has array_api_compat; then  # the rest of the cuda suite, in the time left
+    IGNORES=()
+    for f in "${CUDA_TESTS[@]}"; do IGNORES+=(--ignore="$f"); done
+    stage 07_pytest_cuda_rest 300 "$PY" -m pytest -m cuda -q -rfEs --durations=10 "${IGNORES[@]}" \
+        --junitxml="$LOGS/pytest_cuda_rest.xml"
 fi
 echo "total $(( $(date +%s) - START ))s" | tee -a "$SUMMARY"
 pack

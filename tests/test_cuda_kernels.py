@@ -129,3 +129,41 @@ def test_cuda_info():
     gpu = info["gpus"][0]
     assert gpu["name"] and gpu["compute_capability"] and info["cupy"] == cupy.__version__
     print(info)  # recorded in the GPU run's output
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ta, tb", [(False, False), (False, True), (True, False), (True, True)])
+@pytest.mark.parametrize("m, k, n", [(128, 400, 120), (128, 120, 84), (3, 5, 7), (65, 0, 17),
+                                     (257, 33, 129), (64, 100, 6272)])
+def test_gemm_matches_cublas(dtype, ta, tb, m, k, n):
+    """dlx's GEMM (what a captured step multiplies with) against cuBLAS, transposed views in
+    place, and the same bits twice."""
+    from dlx.backends.cuda import gemm
+
+    rs = cupy.random.RandomState(0)
+    a = rs.standard_normal((k, m) if ta else (m, k)).astype(dtype)
+    b = rs.standard_normal((n, k) if tb else (k, n)).astype(dtype)
+    a, b = (a.T if ta else a), (b.T if tb else b)
+    got = gemm.matmul(a, b)
+    want = cupy.matmul(a.astype(cupy.float64), b.astype(cupy.float64))
+    scale = cupy.matmul(cupy.abs(a).astype(cupy.float64), cupy.abs(b).astype(cupy.float64))
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    assert got.shape == (m, n) and got.flags.c_contiguous and got.dtype == a.dtype
+    assert bool(cupy.all(cupy.abs(got - want) <= tol * scale + 1e-30))
+    assert bool(cupy.all(gemm.matmul(a, b) == got))
+
+
+def test_linear_under_graph_kernels_uses_dlx_gemm(monkeypatch):
+    """backend.matmul is cuBLAS outside graph_kernels() and dlx's GEMM inside."""
+    from dlx.backends.cuda import gemm
+
+    calls = []
+    real = gemm.matmul
+    monkeypatch.setattr(gemm, "matmul", lambda a, b: calls.append(1) or real(a, b))
+    a = CUDA.asarray(np.ones((4, 3)), dtype="float32")
+    b = CUDA.asarray(np.ones((3, 2)), dtype="float32")
+    CUDA.backend.matmul(a, b)
+    assert not calls
+    with CUDA.backend.graph_kernels():
+        np.testing.assert_array_equal(dlx.to_numpy(CUDA.backend.matmul(a, b)), np.full((4, 2), 3.0))
+    assert calls == [1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -384,3 +385,18 @@ def test_a_first_step_that_compiles_is_said_and_not_counted(capsys):
     # a warm run says nothing
     dlx.fit(tiny_cnn(), nn.CrossEntropyLoss(), optim.SGD(m.parameters(), lr=0.1), loader(), epochs=1)
     assert "compiling" not in "".join(capsys.readouterr())
+
+
+def test_a_cold_kernel_cache_is_announced(tmp_path):
+    """With nothing in Numba's cache (a fresh install) the CPU backend says the first step
+    will compile; once a kernel is cached it says nothing."""
+    code = "import dlx; print(dlx.device('cpu').backend.compile_note())"
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "empty")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert "compiling the CPU kernels" in out.stdout, out.stderr
+    dev = dlx.device("cpu")
+    x = dev.asarray(np.ones((1, 1, 6, 6)), dtype="float32")
+    w = dev.asarray(np.ones((2, 1, 3, 3)), dtype="float32")
+    dev.backend.conv2d(x, w, None, (1, 1), (0, 0), (1, 1))  # compiles (or loads) and caches
+    assert dev.backend.compile_note() is None

@@ -38,6 +38,22 @@ class CPUBackend(Backend):
     def synchronize(self, index=None):
         pass
 
+    def compile_note(self):
+        """Numba compiles a kernel on its first call unless its on-disk cache holds it (for
+        the source as it is now): when no kernel is cached at all (a fresh install, or the
+        sources changed), say that the first step waits for the compiler, so a progress bar
+        at 0 % is not taken for a hang. (A run that needs one more kernel than the cache
+        holds is reported after its first step, by dlx.fit.)"""
+        for module in (conv, pooling):
+            for fn in vars(module).values():
+                try:
+                    if fn._cache._cache_file._load_index():  # Numba's cache index (internal API)
+                        return None
+                except Exception:  # not a cached dispatcher, or another Numba version
+                    continue
+        return ("compiling the CPU kernels (first run with this install only, about 20-30 s "
+                "on 2 cores; cached on disk afterwards)")
+
     def all_reduce(self, world, x, index=None):
         out = np.array(x, copy=True, order="C")  # the arrays are host arrays: MPI reads them
         world.all_reduce_host(out)

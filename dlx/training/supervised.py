@@ -16,7 +16,7 @@ import os
 import time
 
 from dlx import distributed
-from dlx._device import device_of, get_namespace, to_numpy
+from dlx._device import device_of, get_default_device, get_namespace, to_numpy
 from dlx._grad_mode import no_grad
 from dlx.compile import compile_step
 from dlx.nn import functional as F
@@ -356,6 +356,10 @@ def fit(model, loss_fn, optimizer, train_loader, epochs: int, val_loader=None, s
         sums.add(loss, y.shape[0], _correct(get_namespace(out), out, y) if accuracy else None)
 
     step_fn = compile_step(train_step, graph=graph and not parallel)
+    if progress and initial_epoch < epochs:
+        note = (model.device or get_default_device()).backend.compile_note()
+        if note:
+            tqdm.write(note)
     for epoch in range(initial_epoch, epochs):
         model.train()
         lr = float(optimizer.param_groups[0]["lr"])
