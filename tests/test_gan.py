@@ -460,3 +460,37 @@ def test_ema_warmup_follows_the_generator_at_first():
         for s, p, a in zip(start, g.parameters(), avg.parameters()):
             np.testing.assert_allclose(dlx.to_numpy(a.data), weight * s + (1 - weight) * dlx.to_numpy(p.data),
                                        rtol=1e-5, atol=1e-6)
+
+
+def test_discriminator_steps_and_two_time_scales(mnist_dir, tmp_path):
+    """--d-steps 2: the discriminator is updated on every batch, the generator on every
+    second; --d-lr and --betas reach the two optimizers; the losses average over the steps
+    that made them."""
+    g, d = DCGANGenerator(latent_dim=8, channels=4), DCGANDiscriminator(channels=4)
+    rng = np.random.default_rng(0)
+    batches = [dlx.asarray(rng.uniform(-1, 1, (8, 1, 28, 28))) for _ in range(4)]
+    g_opt, d_opt = optim.Adam(g.parameters(), lr=1e-3), optim.Adam(d.parameters(), lr=4e-3)
+    g0 = _snapshot(g)
+    out = gan_step(g, d, batches[0], dlx.asarray(rng.standard_normal((8, 8))), g_opt, d_opt,
+                   update_generator=False)
+    assert set(out) == {"d_loss", "d_real", "d_fake"} and all(p.grad is None for p in g.parameters())
+    assert all(np.array_equal(v, g0[k]) for k, v in _snapshot(g).items())
+    hist = train_gan(g, d, batches, epochs=2, progress=False, g_optimizer=g_opt,
+                     d_optimizer=d_opt, d_steps=2)
+    assert all(np.isfinite(hist["g_loss"])) and all(np.isfinite(hist["d_loss"]))
+    steps = lambda opt: {float(dlx.to_numpy(s["step"])) for s in opt.state.values()}  # noqa: E731
+    assert steps(d_opt) == {1 + 8.0} and steps(g_opt) == {4.0}  # 2 epochs x 4 D, 2 x 2 G
+    with pytest.raises(ValueError, match="d_steps=5 but an epoch has 4 batches"):
+        train_gan(g, d, batches, epochs=1, progress=False, d_steps=5)
+
+    out_dir = tmp_path / "ttur"
+    args = _parse(["--epochs", "1", "--batch-size", "16", "--limit", "64", "--channels", "4",
+                   "--lr", "1e-4", "--d-lr", "4e-4", "--betas", "0.0,0.9", "--d-steps", "2",
+                   "--loss", "hinge", "--data-dir", str(mnist_dir), "--out", str(out_dir), "--quiet"])
+    assert args.betas == (0.0, 0.9) and args.d_steps == 2
+    assert gan_cli.run(args) == 0
+    scores = json.loads((out_dir / "scores.json").read_text())
+    assert scores["epochs"][0]["lr"] == 1e-4 and scores["epochs"][0]["d_lr"] == 4e-4
+    for bad in (["--betas", "0.9"], ["--betas", "1.5,0.9"], ["--d-steps", "0"]):
+        with pytest.raises(SystemExit):
+            _parse(bad)

@@ -42,7 +42,15 @@ def register(subparsers):
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: DLX_DEVICE or cpu)")
     g.add_argument("--epochs", type=_number(int, 1), default=20)
     g.add_argument("--batch-size", type=_number(int, 2), default=128)
-    g.add_argument("--lr", type=_number(float, 0, strict=True), default=2e-4)
+    g.add_argument("--lr", type=_number(float, 0, strict=True), default=2e-4,
+                   help="the generator's learning rate (and the discriminator's, unless --d-lr)")
+    g.add_argument("--d-lr", type=_number(float, 0, strict=True), default=None,
+                   help="the discriminator's learning rate (two time scales, e.g. --lr 1e-4 "
+                   "--d-lr 4e-4; default: --lr)")
+    g.add_argument("--betas", type=_betas, default=(0.5, 0.999), metavar="B1,B2",
+                   help="Adam's betas for both networks (SNGAN/hinge recipes use 0.0,0.9)")
+    g.add_argument("--d-steps", type=_number(int, 1), default=1, metavar="N",
+                   help="discriminator updates per generator update, each on its own batch")
     g.add_argument("--latent-dim", type=_number(int, 1), default=100)
     g.add_argument("--channels", type=_number(int, 1), default=None,
                    help="DCGAN width c (default 64): G 2c->c->1 channels, D 1->c->2c")
@@ -95,6 +103,14 @@ def _unit_interval(text):
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
     return value
+
+
+def _betas(text):
+    """argparse type: Adam's "B1,B2", each in [0, 1)."""
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected two numbers B1,B2 (e.g. 0.5,0.999), got {text!r}")
+    return tuple(_unit_interval(part.strip()) for part in parts)
 
 
 def load_classifier(path, dev):
@@ -171,8 +187,8 @@ def train(args) -> int:
     loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
                         seed=args.seed, device=dev, transform=Normalize((0.5,), (0.5,)),
                         shard=(world.rank, world.size) if world.size > 1 else None)
-    g_opt = optim.Adam(generator.parameters(), lr=args.lr, betas=(0.5, 0.999))
-    d_opt = optim.Adam(discriminator.parameters(), lr=args.lr, betas=(0.5, 0.999))
+    g_opt = optim.Adam(generator.parameters(), lr=args.lr, betas=args.betas)
+    d_opt = optim.Adam(discriminator.parameters(), lr=args.d_lr or args.lr, betas=args.betas)
     schedulers = []
     if args.schedule == "cosine":
         schedulers = [optim.lr_scheduler.CosineAnnealingLR(o, T_max=args.epochs)
@@ -211,6 +227,8 @@ def train(args) -> int:
 
         def after_epoch(epoch, logs):
             logs["lr"] = float(g_opt.param_groups[0]["lr"])  # the rate this epoch trained with
+            if args.d_lr:
+                logs["d_lr"] = float(d_opt.param_groups[0]["lr"])
             for sched in schedulers:
                 sched.step()
             if not main:
@@ -247,7 +265,7 @@ def train(args) -> int:
         train_gan(generator, discriminator, loader, args.epochs, latent_dim=args.latent_dim, device=dev,
                   callback=after_epoch, progress=not args.quiet, g_optimizer=g_opt, d_optimizer=d_opt,
                   ema_generator=ema, ema_decay=args.ema or 0.999, loss=args.loss,
-                  ema_warmup=args.ema_warmup, graph=args.graph)
+                  ema_warmup=args.ema_warmup, graph=args.graph, d_steps=args.d_steps)
         if not main:
             return 0
         last = report["epochs"][-1]

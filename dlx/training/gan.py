@@ -24,7 +24,7 @@ __all__ = ["copy_buffers_", "ema_update_", "gan_step", "sample", "train_gan"]
 
 
 def gan_step(generator, discriminator, real, z, g_optimizer, d_optimizer, loss_fn=None,
-             labels=None, loss: str = "bce"):
+             labels=None, loss: str = "bce", update_generator: bool = True):
     """One GAN step with explicit backward: the non-saturating loss (Goodfellow et al.,
     2014; ``loss="bce"``) or the hinge loss (``loss="hinge"``, ``nn.HingeGANLoss``).
 
@@ -36,7 +36,8 @@ def gan_step(generator, discriminator, real, z, g_optimizer, d_optimizer, loss_f
     are class-conditional: G(z, labels), D(x, labels), the fake batch drawn for the real
     batch's labels. Returns 0-d device arrays (no host sync): ``{"d_loss", "g_loss",
     "d_real", "d_fake"}`` with d_real/d_fake the mean sigmoid of D's scores on real and fake
-    images during the D step.
+    images during the D step. ``update_generator=False``: the D step only (the generator
+    runs without keeping anything for backward), and no "g_loss".
     """
     if loss not in ("bce", "hinge"):
         raise ValueError(f"gan_step: loss must be 'bce' or 'hinge', got {loss!r}")
@@ -46,7 +47,11 @@ def gan_step(generator, discriminator, real, z, g_optimizer, d_optimizer, loss_f
         d_loss_fn = g_loss_fn = loss_fn or nn.BCEWithLogitsLoss()
     cond = () if labels is None else (labels,)
     xp = get_namespace(real)
-    fake = generator(z, *cond)  # keeps what generator.backward needs in the G step below
+    if update_generator:
+        fake = generator(z, *cond)  # keeps what generator.backward needs in the G step below
+    else:
+        with no_grad():
+            fake = generator(z, *cond)
 
     d_optimizer.zero_grad()
     out_real = discriminator(real, *cond)
@@ -58,6 +63,10 @@ def gan_step(generator, discriminator, real, z, g_optimizer, d_optimizer, loss_f
     distributed.allreduce_gradients(discriminator)  # data parallel: the ranks' mean (else nothing)
     d_optimizer.step()
     d_optimizer.zero_grad()
+    d_figures = {"d_loss": loss_real + loss_fake, "d_real": xp.mean(F.sigmoid(out_real)),
+                 "d_fake": xp.mean(F.sigmoid(out_fake))}
+    if not update_generator:
+        return d_figures
 
     g_optimizer.zero_grad()
     discriminator.requires_grad_(False)
@@ -71,8 +80,7 @@ def gan_step(generator, discriminator, real, z, g_optimizer, d_optimizer, loss_f
     distributed.allreduce_gradients(generator)
     g_optimizer.step()
     g_optimizer.zero_grad()
-    return {"d_loss": loss_real + loss_fake, "g_loss": g_loss,
-            "d_real": xp.mean(F.sigmoid(out_real)), "d_fake": xp.mean(F.sigmoid(out_fake))}
+    return {**d_figures, "g_loss": g_loss}
 
 
 def ema_update_(average, model, decay: float) -> None:
@@ -95,7 +103,7 @@ def train_gan(generator, discriminator, loader, epochs: int, lr: float = 2e-4,
               betas=(0.5, 0.999), latent_dim: int | None = None, device=None, callback=None,
               progress: bool = True, g_optimizer=None, d_optimizer=None, ema_generator=None,
               ema_decay: float = 0.999, loss: str = "bce", ema_warmup: bool = False,
-              graph: bool = False) -> dict:
+              graph: bool = False, d_steps: int = 1) -> dict:
     """Train a GAN for ``epochs`` epochs over ``loader`` (batches ``(x, y)`` or ``x``, images
     in the generator's output range, [-1, 1]) with Adam(lr, betas) for both networks
     (or the optimizers given). Noise z ~ N(0, 1) of size ``latent_dim`` (default
@@ -121,6 +129,9 @@ def train_gan(generator, discriminator, loader, epochs: int, lr: float = 2e-4,
     epoch's figures are averaged over the ranks and only rank 0 shows progress; the callback
     runs on every rank (so schedulers step everywhere): write files there on rank 0 only.
 
+    ``d_steps``: the generator is updated after every ``d_steps``-th discriminator update
+    (each on a batch of its own; the losses are averaged over the steps that made them).
+
     ``graph=True``: on cuda, each step (noise, both networks' updates, the loss sums) is
     replayed as one captured CUDA graph (``dlx.compile_step``; the weight average runs after
     it, its decay changing per step); eagerly elsewhere and under ``mpiexec``.
@@ -132,6 +143,11 @@ def train_gan(generator, discriminator, loader, epochs: int, lr: float = 2e-4,
 
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"train_gan: epochs must be a positive int, got {epochs!r}")
+    if not isinstance(d_steps, int) or isinstance(d_steps, bool) or d_steps < 1:
+        raise ValueError(f"train_gan: d_steps must be a positive int, got {d_steps!r}")
+    if d_steps > len(loader):
+        raise ValueError(f"train_gan: d_steps={d_steps} but an epoch has {len(loader)} batches: the "
+                         f"generator would never be updated; use d_steps <= {len(loader)}")
     dev = _device(device) if device is not None else (generator.device or _device())
     latent_dim = latent_dim or getattr(generator, "latent_dim", None)
     if not latent_dim:
@@ -146,16 +162,23 @@ def train_gan(generator, discriminator, loader, epochs: int, lr: float = 2e-4,
     ema_steps = 0
     sums: dict = {}  # the epoch's loss sums, device scalars added to in place by every step
 
-    def train_step(real, *labels):
+    def train_step(real, *labels, update_generator=True):
         z = rng_of(dev).normal((int(real.shape[0]), latent_dim), dtype=dtype)
         out = gan_step(generator, discriminator, real, z, g_optimizer, d_optimizer, loss_fn,
-                       labels=labels[0] if labels else None, loss=loss)
+                       labels=labels[0] if labels else None, loss=loss,
+                       update_generator=update_generator)
         for k, v in out.items():
             if k not in sums:  # the first (eager) step makes them
                 sums[k] = dev.xp.zeros_like(v)
             sums[k] += v
 
-    step_fn = compile_step(train_step, graph=graph and distributed.world_size() == 1)
+    def d_only_step(real, *labels):
+        train_step(real, *labels, update_generator=False)
+
+    captured = graph and distributed.world_size() == 1
+    step_fn = compile_step(train_step, graph=captured)  # D and G
+    d_step_fn = compile_step(d_only_step, graph=captured)  # D alone (d_steps > 1)
+    counts: dict = {}  # steps that added to each sum this epoch (host counts)
     for epoch in range(1, epochs + 1):
         generator.train()
         discriminator.train()
@@ -164,20 +187,24 @@ def train_gan(generator, discriminator, loader, epochs: int, lr: float = 2e-4,
         t0, seen, steps = time.perf_counter(), 0, 0
         for v in sums.values():
             v[...] = 0
+        counts.clear()
         for batch in loader:
             real = batch[0] if isinstance(batch, (tuple, list)) else batch
             labels = (batch[1],) if conditional else ()
             n = int(real.shape[0])
-            step_fn(real, *labels)
-            if ema_generator is not None:
+            g_update = (steps + 1) % d_steps == 0
+            (step_fn if g_update else d_step_fn)(real, *labels)
+            for k in ("d_loss", "d_real", "d_fake") + (("g_loss",) if g_update else ()):
+                counts[k] = counts.get(k, 0) + 1
+            if ema_generator is not None and g_update:
                 decay = min(ema_decay, (1 + ema_steps) / (10 + ema_steps)) if ema_warmup else ema_decay
                 ema_update_(ema_generator, generator, decay)
                 ema_steps += 1
             # summed on the device; read back every 50 steps for the bar, not every step
             seen, steps = seen + n, steps + 1
             if progress and (steps % 50 == 0 or steps == len(loader)):
-                bar.set_postfix({k: f"{float(to_numpy(v)) / steps:.3f}" for k, v in sums.items()},
-                                refresh=False)
+                bar.set_postfix({k: f"{float(to_numpy(v)) / counts.get(k, 1):.3f}"
+                                 for k, v in sums.items()}, refresh=False)
             bar.update(1)
         bar.close()
         if steps == 0:
@@ -187,7 +214,8 @@ def train_gan(generator, discriminator, loader, epochs: int, lr: float = 2e-4,
         if distributed.world_size() > 1:  # every rank ran as many steps: mean of the means
             means = {k: distributed.all_reduce(v, "mean") for k, v in sums.items()}
             seen = int(to_numpy(distributed.all_reduce(np.asarray(seen))))
-        logs = {"epoch": epoch, **{k: float(to_numpy(v)) / steps for k, v in means.items()},
+        logs = {"epoch": epoch, **{k: float(to_numpy(v)) / max(counts.get(k, 0), 1)
+                                   for k, v in means.items()},
                 "time_s": elapsed, "images_per_s": seen / elapsed}
         if not (math.isfinite(logs["d_loss"]) and math.isfinite(logs["g_loss"])):
             raise FloatingPointError(f"train_gan: the loss became non-finite in epoch {epoch} "
