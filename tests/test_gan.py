@@ -433,6 +433,21 @@ def test_conditional_hinge_sn_command_and_sample_grid(mnist_dir, tmp_path, capsy
     assert main(["gan", "sample", str(clf)]) == 1
     assert "not a generator written by dlx gan" in capsys.readouterr().err
 
+    # the judge's verdict: samples and real test digits side by side, written whole
+    report = tmp_path / "judged.json"
+    assert main(["gan", "score", str(out / "generator.npz"), "--classifier", str(clf), "--num", "20",
+                 "--data-dir", str(mnist_dir), "--json", str(report)]) == 0
+    judged = json.loads(report.read_text())
+    assert judged["num"] == 20 and judged["conditional"] is True
+    for key in ("inception_score", "class_entropy", "read_as_asked", "confidence_below_0.9"):
+        assert key in judged["generated"] and key in judged["real_test"]
+    assert judged["inception_score_ratio"] == pytest.approx(
+        judged["generated"]["inception_score"] / judged["real_test"]["inception_score"])
+    assert np.isfinite(judged["frechet_distance"]) and "IS ratio" in capsys.readouterr().out
+    assert main(["gan", "score", str(out / "generator.npz"), "--classifier", str(clf), "--num",
+                 "1000", "--data-dir", str(mnist_dir)]) == 2
+    assert "more than the 64 real test digits" in capsys.readouterr().err
+
 
 def test_spectral_norm_discriminator_and_mlp_refusal(mnist_dir, tmp_path):
     d = DCGANDiscriminator(channels=4, spectral_norm=True)

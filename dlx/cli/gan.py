@@ -87,10 +87,11 @@ def register(subparsers):
                         "batch (dlx.compile_step); other devices run eagerly (default: eager)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=run)
-    from dlx.cli import gan_sample
+    from dlx.cli import gan_sample, gan_score
 
-    actions = g.add_subparsers(dest="gan_action", metavar="sample", parser_class=type(g))
+    actions = g.add_subparsers(dest="gan_action", metavar="{sample,score}", parser_class=type(g))
     gan_sample.register(actions)
+    gan_score.register(actions)
     return g
 
 
@@ -129,10 +130,15 @@ def load_classifier(path, dev):
 
 
 def run(args) -> int:
-    if getattr(args, "gan_action", None) == "sample":
+    action = getattr(args, "gan_action", None)
+    if action == "sample":
         from dlx.cli import gan_sample
 
         return gan_sample.run(args)
+    if action == "score":
+        from dlx.cli import gan_score
+
+        return gan_score.run(args)
     return train(args)
 
 

@@ -19,13 +19,34 @@ def register(actions):
     return s
 
 
+def load_generator(path, dev):
+    """(generator, metadata) of a generator checkpoint written by dlx gan (generator.npz or
+    generator_ema.npz), rebuilt with its architecture, width and latent size."""
+    import dlx
+    from dlx import models
+    from dlx.serialization import read_header
+
+    meta = read_header(path).get("meta", {})
+    if meta.get("architecture") not in models.GAN_MODELS:
+        raise ValueError(f"{path!r} is not a generator written by dlx gan (no GAN architecture in "
+                         f"its metadata)")
+    latent = int(meta.get("latent_dim", 100))
+    channels = meta.get("channels") or (meta.get("args") or {}).get("channels")
+    width = {"channels": int(channels)} if channels and meta["architecture"] == "dcgan" else {}
+    if meta.get("conditional", False):
+        generator = models.ConditionalDCGANGenerator(latent_dim=latent, device=dev, **width)
+    else:
+        generator = models.GAN_MODELS[meta["architecture"]][0](latent_dim=latent, device=dev, **width)
+    dlx.load(path, generator, restore_rng=False)
+    return generator, meta
+
+
 def run(args) -> int:
     import numpy as np
 
     import dlx
-    from dlx import models, plots
+    from dlx import plots
     from dlx.cli.common import UsageError
-    from dlx.serialization import read_header
     from dlx.training.gan import sample
 
     digits = args.digits.strip()
@@ -35,19 +56,9 @@ def run(args) -> int:
         raise UsageError("dlx gan sample: --per-digit must be at least 1")
     if not plots.have_matplotlib():
         raise UsageError('dlx gan sample: drawing the grid needs matplotlib: pip install "dlx[plots]"')
-    meta = read_header(args.checkpoint).get("meta", {})
-    if meta.get("architecture") not in models.GAN_MODELS:
-        raise ValueError(f"{args.checkpoint!r} is not a generator written by dlx gan (no GAN "
-                         f"architecture in its metadata)")
     dev = dlx.device(args.device)
-    latent, conditional = int(meta.get("latent_dim", 100)), bool(meta.get("conditional", False))
-    channels = meta.get("channels") or (meta.get("args") or {}).get("channels")
-    width = {"channels": int(channels)} if channels and meta["architecture"] == "dcgan" else {}
-    if conditional:
-        generator = models.ConditionalDCGANGenerator(latent_dim=latent, device=dev, **width)
-    else:
-        generator = models.GAN_MODELS[meta["architecture"]][0](latent_dim=latent, device=dev, **width)
-    dlx.load(args.checkpoint, generator, restore_rng=False)
+    generator, meta = load_generator(args.checkpoint, dev)
+    latent, conditional = generator.latent_dim, bool(meta.get("conditional", False))
     rows = [int(d) for d in digits] if conditional else list(range(len(digits)))
     n = len(rows) * args.per_digit
     z = dev.generator([args.seed, 5]).normal((n, latent))
