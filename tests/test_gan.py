@@ -435,9 +435,17 @@ def test_conditional_hinge_sn_command_and_sample_grid(mnist_dir, tmp_path, capsy
 
     # the judge's verdict: samples and real test digits side by side, written whole
     report = tmp_path / "judged.json"
+    samples = tmp_path / "samples.npz"
     assert main(["gan", "score", str(out / "generator.npz"), "--classifier", str(clf), "--num", "20",
-                 "--data-dir", str(mnist_dir), "--json", str(report)]) == 0
+                 "--data-dir", str(mnist_dir), "--json", str(report), "--samples", str(samples)]) == 0
     judged = json.loads(report.read_text())
+    with np.load(samples) as z:  # exactly what was scored: rescoring gives the same IS
+        assert z["images"].dtype == np.uint8 and z["images"].shape == (20, 28, 28)
+        assert z["labels"].tolist() == [i % 10 for i in range(20)]
+        clf_model = LeNet5(in_channels=1, padding=2)
+        dlx.load(clf, clf_model, restore_rng=False)
+        again, _ = metrics.classifier_scores(clf_model, z["images"][:, None] / np.float32(255))
+    assert again == pytest.approx(judged["generated"]["inception_score"], rel=1e-9)
     assert judged["num"] == 20 and judged["conditional"] is True
     for key in ("inception_score", "class_entropy", "read_as_asked", "confidence_below_0.9"):
         assert key in judged["generated"] and key in judged["real_test"]

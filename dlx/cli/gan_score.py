@@ -6,6 +6,10 @@ writes every figure beside the real set's and their ratio: the Inception score a
 parts (the entropy of the classes read, at most ln 10; the mean entropy of one prediction),
 the Fréchet distance between the classifier's logits of samples and real digits, the share
 read with confidence under 0.9, and, conditional, the share read as the digit asked for.
+The samples are rounded to uint8 before they are scored, as the real digits are stored, so
+``--samples FILE.npz`` keeps exactly what was scored (``images`` uint8 (N, 28, 28), and
+``labels``, the digits asked for, for a conditional generator): anyone can score them again
+with a classifier of their own.
 """
 
 from __future__ import annotations
@@ -26,7 +30,16 @@ def register(actions):
     s.add_argument("--data-dir", default=None, help="folder with mnist/ (default: DLX_DATA_DIR)")
     s.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: DLX_DEVICE or cpu)")
     s.add_argument("--json", default=None, help="also write the figures here")
+    s.add_argument("--samples", default=None, metavar="FILE.npz",
+                   help="also write the scored samples (uint8 images, and the labels asked for)")
     return s
+
+
+def _write_atomically(path, write):
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        write(f)
+    os.replace(tmp, path)  # whole or not at all
 
 
 def figures(probs, logits=None, asked=None) -> dict:
@@ -72,7 +85,9 @@ def run(args) -> int:
     asked = np.arange(n) % 10
     z = dev.generator([args.seed, 6]).normal((n, generator.latent_dim))
     images = sample(generator, z, labels=dev.asarray(asked) if conditional else None)
-    _, fake_logits = metrics.classifier_scores(classifier, images, device=dev)
+    stored = np.clip(np.rint(np.asarray(images)[:, 0] * 255.0), 0, 255).astype(np.uint8)
+    _, fake_logits = metrics.classifier_scores(
+        classifier, stored[:, None].astype(np.float32) / 255.0, device=dev)
     _, real_logits = metrics.classifier_scores(
         classifier, test.data[:n, None].astype(np.float32) / 255.0, device=dev)
     real = figures(metrics.softmax(real_logits), asked=np.asarray(test.targets[:n]))
@@ -91,10 +106,11 @@ def run(args) -> int:
             print(f"{key:22s} {fake[key]:10.4f} {real[key]:10.4f}")
     print(f"IS ratio generated / real {report['inception_score_ratio']:.4f}; Fréchet distance "
           f"(logits) {report['frechet_distance']:.3f}")
+    if args.samples:
+        arrays = {"images": stored, **({"labels": asked.astype(np.uint8)} if conditional else {})}
+        _write_atomically(args.samples, lambda f: np.savez_compressed(f, **arrays))
+        print(f"wrote {args.samples}: {n} samples, uint8")
     if args.json:
-        tmp = f"{args.json}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(report, f, indent=1)
-        os.replace(tmp, args.json)  # whole or not at all
+        _write_atomically(args.json, lambda f: f.write(json.dumps(report, indent=1).encode()))
         print(f"wrote {args.json}")
     return 0
