@@ -19,7 +19,10 @@ device work: read the device from the host (``float(loss)``, ``to_numpy``), make
 decisions that change between calls, or keep a reference to an array it allocates (the
 outputs are the same arrays at every replay: copy what must outlive the next call).
 Scheduler steps and anything host-side go between calls. ``dlx.testing.no_host_sync()``
-on the strict device finds host reads without a GPU.
+on the strict device finds host reads without a GPU. The graph reads and writes the arrays
+the step used when it was captured: everything dlx updates is updated in place (weights,
+optimizer state, batch-norm statistics, ``load_state_dict`` copies into them), but moving
+the model with ``.to(...)`` or replacing a parameter's array needs a new ``compile_step``.
 """
 
 from __future__ import annotations

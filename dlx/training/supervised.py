@@ -4,9 +4,9 @@ learning-rate schedulers, resume) and ``dlx.evaluate``, as Keras' ``fit`` does i
 A step is: forward, loss, explicit backward, optimizer step, zero_grad, and reads nothing
 back from the device: the epoch's loss sum, correct count and finite-loss run are device
 scalars the step adds to, read once at the end of the epoch (a NaN is then reported with the
-step that made it); the progress bar reads the running figures every ``PROGRESS_EVERY``
-steps. So the step can be captured whole into a CUDA graph (``fit(graph=True)``, see
-dlx/compile.py).
+step that made it); every ``PROGRESS_EVERY`` steps the progress bar starts an asynchronous
+copy of the running figures and shows it once it has landed. So the step can be captured
+whole into a CUDA graph (``fit(graph=True)``, see dlx/compile.py).
 """
 
 from __future__ import annotations
