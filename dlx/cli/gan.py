@@ -243,7 +243,9 @@ def train(args) -> int:
                 plots.save_grid(sample(shown, fixed_z, labels=fixed_y),
                                 os.path.join(args.out, f"samples_epoch{epoch:03d}.png"),
                                 title=f"epoch {epoch}",
-                                caption=f"{args.model} GAN on MNIST: 64 samples from fixed noise"
+                                caption=(f"class-conditional {args.model} GAN on MNIST: 64 samples from "
+                                         f"fixed noise, digits 0-9 asked for in turn" if args.conditional
+                                         else f"{args.model} GAN on MNIST: 64 samples from fixed noise")
                     + (f" (weight average, decay {args.ema})" if ema is not None else ""))
             if classifier is not None:
                 z = dev.generator([args.seed, 4, epoch]).normal((args.num_eval, args.latent_dim))
