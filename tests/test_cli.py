@@ -273,3 +273,16 @@ def test_train_a_convnet_and_use_it_as_the_gan_judge(mnist_dir, tmp_path, capsys
                  "--data-dir", str(mnist_dir), "--out", str(tmp_path / "gan"), "--quiet",
                  "--classifier", str(out / "model.npz"), "--num-eval", "20"]) == 0
     assert "IS" in capsys.readouterr().out
+
+
+def test_train_graph_flag_runs_the_same_step_on_the_cpu(mnist_dir, tmp_path):
+    """--graph captures the step on cuda; on the cpu the compiled step runs eagerly, so the
+    run is the one without the flag, bit for bit."""
+    hists = []
+    for flag in ("--graph", "--no-graph"):
+        out = tmp_path / flag.strip("-")
+        assert main(["train", "lenet5", "--dataset", "mnist", "--data-dir", str(mnist_dir),
+                     "--epochs", "1", "--batch-size", "32", "--out", str(out), "--quiet", flag]) == 0
+        hists.append(json.loads((out / "history.json").read_text()))
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert hists[0][key] == hists[1][key]

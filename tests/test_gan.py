@@ -509,7 +509,8 @@ def test_discriminator_steps_and_two_time_scales(mnist_dir, tmp_path):
     out_dir = tmp_path / "ttur"
     args = _parse(["--epochs", "1", "--batch-size", "16", "--limit", "64", "--channels", "4",
                    "--lr", "1e-4", "--d-lr", "4e-4", "--betas", "0.0,0.9", "--d-steps", "2",
-                   "--loss", "hinge", "--data-dir", str(mnist_dir), "--out", str(out_dir), "--quiet"])
+                   "--loss", "hinge", "--data-dir", str(mnist_dir), "--out", str(out_dir), "--quiet",
+                   "--graph"])  # captured on cuda; the same eager step here
     assert args.betas == (0.0, 0.9) and args.d_steps == 2
     assert gan_cli.run(args) == 0
     scores = json.loads((out_dir / "scores.json").read_text())
