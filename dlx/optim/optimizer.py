@@ -253,6 +253,7 @@ class Optimizer:
         for k, v in state.items():
             if k == "step":  # float64 whatever the parameters' dtype; repacked by the next step
                 state[k] = dev.asarray(v, dtype="float64", copy=True)
+                self._step_vectors.clear()  # (even if the group comes back before that step)
             elif is_array(v):
                 state[k] = dev.asarray(v, dtype=dtype)
 
