@@ -21,22 +21,11 @@ import numpy as np
 import dlx
 from dlx import metrics
 from dlx.cli.gan import load_classifier
+from dlx.cli.gan_score import figures
 from dlx.data import MNIST
 from dlx.models import GAN_MODELS
 from dlx.serialization import read
 from dlx.training import sample
-
-
-def breakdown(probs: np.ndarray) -> dict:
-    mean = probs.mean(axis=0)
-    h_mean = float(-(mean * np.log(np.maximum(mean, 1e-30))).sum())
-    h_cond = float(-(probs * np.log(np.maximum(probs, 1e-30))).sum(axis=1).mean())
-    # the score itself from dlx.metrics; it equals exp(class_entropy - mean_prediction_entropy)
-    return {"inception_score": metrics.inception_score(probs), "class_entropy": h_mean,
-            "mean_prediction_entropy": h_cond,
-            "fraction_confidence_below_0.9": float((probs.max(axis=1) < 0.9).mean()),
-            "class_frequencies": np.round(np.bincount(probs.argmax(axis=1), minlength=probs.shape[1])
-                                          / len(probs), 4).tolist()}
 
 
 def main(argv=None) -> int:
@@ -65,12 +54,12 @@ def main(argv=None) -> int:
     for name, images in (("real test digits", test.data[:args.num, None].astype(np.float32) / 255),
                          ("generator", sample(generator, z.astype(np.float32)))):
         _, logits = metrics.classifier_scores(classifier, images, device=dev)
-        results[name] = breakdown(metrics.softmax(logits))
+        results[name] = figures(metrics.softmax(logits))
     print(f"{args.num} images each; class entropy at most ln 10 = {np.log(10):.3f}")
     for name, r in results.items():
         print(f"{name:17s} IS {r['inception_score']:.3f} = exp({r['class_entropy']:.3f} - "
               f"{r['mean_prediction_entropy']:.3f}); confidence < 0.9: "
-              f"{r['fraction_confidence_below_0.9']:.1%}; classes {r['class_frequencies']}")
+              f"{r['confidence_below_0.9']:.1%}; classes {r['class_frequencies']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"generator": args.generator, "classifier": args.classifier,

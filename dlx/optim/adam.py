@@ -78,11 +78,10 @@ class Adam(Optimizer):
             lr = self._lr(gi, group, live[0].device)
             fused = live[0].device.backend.adam_step  # the whole group in one kernel (CUDA)
             if fused is not None and not amsgrad:
-                pos = {id(p): i for i, p in enumerate(group["params"])}
                 fused([p.data for p in live], [p.grad for p in live],
                       [self.state[p]["exp_avg"] for p in live],
                       [self.state[p]["exp_avg_sq"] for p in live], steps,
-                      [pos[id(p)] for p in live], lr, beta1=beta1, beta2=beta2, eps=eps,
+                      [self._entry(gi, p) for p in live], lr, beta1=beta1, beta2=beta2, eps=eps,
                       weight_decay=weight_decay, decoupled=decoupled)
                 continue
             xp = live[0].device.xp

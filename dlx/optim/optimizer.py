@@ -194,7 +194,7 @@ class Optimizer:
 
     def _steps(self, gi: int, group: dict, live: list):
         """Count one step for each parameter in ``live`` (those with a gradient) and return the
-        group's step vector on its device (entry i belongs to group["params"][i])."""
+        group's step vector on its device (entry ``self._entry(gi, p)`` belongs to ``p``)."""
         _, vec, pos = self._step_vector(gi, group)
         for p in live:
             self._state(p, group)  # fresh state takes its view of vec
@@ -206,6 +206,10 @@ class Optimizer:
                 v = vec[i : i + 1]
                 v += 1
         return vec
+
+    def _entry(self, gi: int, p: Parameter) -> int:
+        """The entry of ``p`` in its group's step vector."""
+        return self._step_vectors[gi][2][id(p)]
 
     def _step_vector(self, gi: int, group: dict):
         """(device, vector, {id(p): i}) of the group, packed anew when its parameters moved."""

@@ -347,13 +347,16 @@ def fit(model, loss_fn, optimizer, train_loader, epochs: int, val_loader=None, s
     sums = None
     accuracy = "accuracy" in metrics
 
-    def train_step(x, y):
+    def forward_backward(x, y):
         out = model(x)
         loss = loss_fn(out, y)
         model.backward_params(loss_fn.backward())  # dL/dx of the input is not needed
+        sums.add(loss, y.shape[0], _correct(get_namespace(out), out, y) if accuracy else None)
+
+    def train_step(x, y):
+        forward_backward(x, y)
         optimizer.step()
         optimizer.zero_grad()
-        sums.add(loss, y.shape[0], _correct(get_namespace(out), out, y) if accuracy else None)
 
     step_fn = compile_step(train_step, graph=graph and not parallel)
     if progress and initial_epoch < epochs:
@@ -375,10 +378,7 @@ def fit(model, loss_fn, optimizer, train_loader, epochs: int, val_loader=None, s
                 sums = _EpochSums(device_of(x))
             if parallel:  # the gradients are averaged between backward and the update
                 if n:
-                    out = model(x)
-                    loss = loss_fn(out, y)
-                    model.backward_params(loss_fn.backward())
-                    sums.add(loss, n, _correct(get_namespace(out), out, y) if accuracy else None)
+                    forward_backward(x, y)
                 distributed.allreduce_gradients(
                     model, weight=train_loader.shard_weight(step) if sharded else None)
                 optimizer.step()
