@@ -14,7 +14,9 @@ Max pooling must match exactly (values and argmax; inputs are tie-free permutati
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -356,6 +358,34 @@ def test_parallel_matmul_is_matmul_bit_for_bit(m, k, n, layout):
     out = np.empty_like(want)
     assert threads.parallel_matmul(a, b, out=out) is out
     np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize("env,want_env,want_rule", [
+    ({}, "30000", "GOMP_SPINCOUNT=30000"),
+    ({"GOMP_SPINCOUNT": "7"}, "7", "left to GOMP_SPINCOUNT"),
+    ({"OMP_WAIT_POLICY": "PASSIVE"}, None, "left to OMP_WAIT_POLICY"),
+])
+def test_configure_limits_the_omp_spin_before_libgomp_starts(env, want_env, want_rule):
+    """A fresh process: configure() sets GOMP_SPINCOUNT (unless the user chose a policy)
+    before Numba's first parallel kernel loads libgomp, and reports what it did."""
+    import subprocess
+
+    code = (
+        "import os, json\n"
+        "from dlx.backends.cpu import threads\n"
+        "rule = threads.configure()\n"
+        "import numba\n"
+        "omp = numba.threading_layer() == 'omp'\n"
+        "print(json.dumps([os.environ.get('GOMP_SPINCOUNT'), rule['omp_spin'],\n"
+        "                  threads._libgomp_loaded() if omp else None]))\n"
+    )
+    base = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, check=True,
+                         capture_output=True, text=True).stdout
+    spin, rule, loaded = json.loads(out)
+    assert (spin, rule) == (want_env, want_rule)
+    if loaded is not None:  # Numba's omp layer: libgomp started inside configure(), after
+        assert loaded  # the variable was set (the rule would say "loaded before dlx" otherwise)
 
 
 def test_init_draws_in_chunks_the_values_of_one_draw(monkeypatch):

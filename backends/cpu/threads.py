@@ -21,6 +21,21 @@ split packs each half once and gives the same bits (each element is one BLAS dot
 all of K; tests/test_kernels.py checks it against np.matmul bit for bit).
 A user who sets OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, MKL_NUM_THREADS or DLX_BLAS_THREADS
 keeps their setting; DLX_NUM_THREADS caps Numba's threads.
+
+Numba's own workers spin too. With its "omp" threading layer (GNU libgomp, Linux), each
+worker busy-waits after a parallel kernel for GOMP_SPINCOUNT iterations (libgomp's default
+300,000, a few hundred microseconds to milliseconds), and a ``parallel_matmul`` that follows
+an im2col kernel then shares a core with that spinner. Measured on the DCGAN conv's forward
+GEMM right after its im2col (one process, 2026-12-01, quiet 2-core VM, min/median of 20):
+3.3 / 6.0-7.4 ms with the default spin, 3.3 / 3.3 with OMP_WAIT_POLICY=PASSIVE (no spin),
+3.3 / 4.4 with GOMP_SPINCOUNT=10000. Whole steps, min/median ms: DCGAN train step (64)
+142/157 default, 128/131 passive, 129/133 at 30,000; LeNet-5 train step (128) 11.2/11.3
+default, 11.9/12.1 passive (each kernel pays a futex wake-up), 11.2/11.3 at 30,000, 11.6/13.0
+at 3,000. So ``configure`` sets GOMP_SPINCOUNT=30000 (``_OMP_SPIN``): short enough that a
+worker is asleep before a GEMM that follows, long enough that back-to-back kernels of one
+LeNet step still find it awake. libgomp reads the variable once, when Numba loads it at the
+first parallel kernel: a user's OMP_WAIT_POLICY or GOMP_SPINCOUNT is kept, and when libgomp
+was loaded already (``threading_info`` says so) the setting cannot apply.
 """
 
 from __future__ import annotations
@@ -53,6 +68,9 @@ _pool_workers = 0
 _pool_lock = threading.Lock()
 # Below this many multiply-adds a matmul is not worth splitting across threads.
 _SPLIT_MIN_MACS = 1 << 24
+# Spin iterations of an idle libgomp worker (Numba's omp layer); see the module docstring.
+_OMP_SPIN = "30000"
+_OMP_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
 def usable_cores() -> int:
@@ -78,6 +96,27 @@ def _candidate_libraries():
     for pattern in ("../numpy.libs/*blas*", ".dylibs/*blas*", "../numpy/.dylibs/*blas*"):
         paths += [p for p in glob.glob(os.path.join(root, pattern)) if p not in paths]
     return paths
+
+
+def _libgomp_loaded() -> bool:
+    """True when GNU libgomp (the one Numba's omp layer uses, not a wheel's private copy such
+    as torch's libgomp-<hash>.so) is mapped into this process already."""
+    try:
+        with open("/proc/self/maps") as maps:
+            return any(os.path.basename(line.split()[-1]).startswith("libgomp.so") for line in maps)
+    except OSError:
+        return False
+
+
+def _limit_omp_spin() -> str:
+    """Set GOMP_SPINCOUNT before libgomp starts (see the module docstring); says what it did."""
+    user = [name for name in _OMP_ENV if os.environ.get(name)]
+    if user:
+        return f"left to {user[0]}"
+    if _libgomp_loaded():
+        return "libgomp loaded before dlx: its default spin applies"
+    os.environ["GOMP_SPINCOUNT"] = _OMP_SPIN
+    return f"GOMP_SPINCOUNT={_OMP_SPIN}"
 
 
 def _find_blas():
@@ -132,6 +171,7 @@ def configure() -> dict:
     want = min(usable_cores(), numba.config.NUMBA_NUM_THREADS)
     if cap:
         want = max(1, min(want, int(cap)))
+    done["omp_spin"] = _limit_omp_spin()  # before the first parallel kernel loads libgomp
     numba.set_num_threads(want)
     done["numba_threads"] = want
     user = [name for name in _BLAS_ENV if os.environ.get(name)]
