@@ -339,7 +339,8 @@ def test_cpu_conv_dcgan_shapes(x_shape, w_shape, stride):
     _check_cpu_conv(x_shape, w_shape, (stride, (1, 1), (1, 1)), seed=5)
 
 
-@pytest.mark.parametrize("m,k,n", [(128, 1024, 400), (1024, 128, 392), (600, 300, 100)])
+@pytest.mark.parametrize("m,k,n", [(128, 1024, 400), (1024, 128, 392), (600, 300, 100),
+                                   (64, 1, 6272), (3, 1, 5)])
 @pytest.mark.parametrize("layout", ["C", "F"])
 def test_parallel_matmul_is_matmul_bit_for_bit(m, k, n, layout):
     """Split by columns (n >= m) or rows, over threads: every element is still one BLAS dot
@@ -352,7 +353,7 @@ def test_parallel_matmul_is_matmul_bit_for_bit(m, k, n, layout):
     b = rng.standard_normal((k, n)).astype(np.float32)
     if layout == "F":
         a, b = np.asfortranarray(a), np.asfortranarray(b)
-    assert m * k * n >= threads._SPLIT_MIN_MACS
+    assert m * k * n >= threads._SPLIT_MIN_MACS or k == 1
     want = np.matmul(a, b)
     np.testing.assert_array_equal(threads.parallel_matmul(a, b), want)
     out = np.empty_like(want)
@@ -584,3 +585,4 @@ def test_float32_lenet_conv_matches_torch():
                                tx.grad.numpy(), rtol=1e-5, atol=1e-5 * float(np.sqrt(400)))
     np.testing.assert_allclose(cpu_conv.conv2d_backward_weight(x, dy, w.shape, *geo),
                                tw.grad.numpy(), rtol=1e-5, atol=1e-5 * float(np.sqrt(800)))
+
