@@ -160,6 +160,19 @@ class Backend(abc.ABC):
         choices come in as arrays: this method draws no random number."""
         return None
 
+    # ---- fused batch normalisation ---------------------------------------------------------------
+    def batch_norm_forward(self, x, running_mean, running_var, weight, bias, batch_stats, eps):
+        """``(y, saved, aux)`` of batch normalisation computed by a fused kernel, or None where
+        this backend has none for these arrays (this default: ``dlx.nn.functional.batch_norm``
+        then runs its xp formulas). Same arguments, results and ``aux`` (mean, biased var,
+        values per channel) as that op's forward; ``saved`` is this backend's own, for
+        ``batch_norm_backward``."""
+        return None
+
+    def batch_norm_backward(self, saved, dy, need_params=True):
+        """(dx, dweight, dbias) for ``saved`` from this backend's ``batch_norm_forward``."""
+        raise NotImplementedError(f"{type(self).__name__} has no fused batch norm")
+
     # ---- kernels (the seam the layers call) -----------------------------------------------------
     def matmul(self, a, b):
         """a (M, K) @ b (K, N) -> (M, N), for nn.Linear; a backend may split a large product

@@ -586,3 +586,43 @@ def test_float32_lenet_conv_matches_torch():
     np.testing.assert_allclose(cpu_conv.conv2d_backward_weight(x, dy, w.shape, *geo),
                                tw.grad.numpy(), rtol=1e-5, atol=1e-5 * float(np.sqrt(800)))
 
+
+@pytest.mark.parametrize("shape", [(16, 32, 7, 7), (9, 5), (4, 3, 11)])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("batch_stats", [True, False])
+def test_cpu_fused_batch_norm_matches_the_xp_formulas(monkeypatch, shape, affine, batch_stats):
+    """The CPU backend's Numba batch norm (taken on the cpu device: the module table's rows
+    and float64 gradient checks run through it) against the xp code every other device
+    runs, forward (y and the batch statistics) and backward, float32."""
+    import dlx
+    from dlx._device import device_of
+    from dlx.nn import functional as F
+
+    rng = np.random.default_rng(7)
+    C = shape[1]
+    x = dlx.asarray(rng.standard_normal(shape) * 3 + 1, dtype="float32")
+    dy = dlx.asarray(rng.standard_normal(shape), dtype="float32")
+    w, b = (dlx.asarray(rng.standard_normal(C), dtype="float32") if affine else None for _ in "wb")
+    rm = dlx.asarray(rng.standard_normal(C), dtype="float32")
+    rv = dlx.asarray(rng.random(C) + 0.5, dtype="float32")
+    args = (x, rm, rv, w, b, batch_stats, 1e-5)
+
+    y, ctx = F.batch_norm.forward(*args)
+    assert ctx.saved[0] is device_of(x).backend  # the fused path was taken
+    grads = F.batch_norm.backward(ctx, dy)
+    monkeypatch.setattr(type(device_of(x).backend), "batch_norm_forward", lambda self, *a: None)
+    want_y, want_ctx = F.batch_norm.forward(*args)
+    want_grads = F.batch_norm.backward(want_ctx, dy)
+
+    np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-5)
+    if batch_stats:
+        for got, want in zip(ctx.aux[:2], want_ctx.aux[:2]):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        assert ctx.aux[2] == want_ctx.aux[2]
+    else:
+        assert ctx.aux is None
+    for got, want in zip(grads, want_grads):
+        assert (got is None) == (want is None)
+        if got is not None:
+            assert got.dtype == np.float32
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

@@ -1,4 +1,4 @@
-"""The CPU backend: xp = NumPy, convolution and pooling kernels compiled by Numba."""
+"""The CPU backend: xp = NumPy; convolution, pooling and batch-norm kernels compiled by Numba."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 
 from ..base import Backend
 from ..host_random import NumpyGenerator, dtype_name
-from . import conv, pooling, threads
+from . import conv, normalization, pooling, threads
 
 
 class CPUBackend(Backend):
@@ -44,7 +44,7 @@ class CPUBackend(Backend):
         sources changed), say that the first step waits for the compiler, so a progress bar
         at 0 % is not taken for a hang. (A run that needs one more kernel than the cache
         holds is reported after its first step, by dlx.fit.)"""
-        for module in (conv, pooling):
+        for module in (conv, pooling, normalization):
             for fn in vars(module).values():
                 try:
                     if fn._cache._cache_file._load_index():  # Numba's cache index (internal API)
@@ -72,3 +72,5 @@ class CPUBackend(Backend):
     max_pool2d_backward = staticmethod(pooling.max_pool2d_backward)
     avg_pool2d = staticmethod(pooling.avg_pool2d)
     avg_pool2d_backward = staticmethod(pooling.avg_pool2d_backward)
+    batch_norm_forward = staticmethod(normalization.batch_norm_forward)
+    batch_norm_backward = staticmethod(normalization.batch_norm_backward)

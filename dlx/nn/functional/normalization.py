@@ -1,7 +1,10 @@
 """Batch normalisation (Ioffe & Szegedy, 2015) and inverted dropout.
 
 batch_norm normalises x (N, C, *) per channel: with the batch's mean and biased variance
-(training, or no running statistics), else with the given running statistics.
+(training, or no running statistics), else with the given running statistics. A backend may
+run the same formulas as one fused kernel (``Backend.batch_norm_forward``: the CPU backend's
+Numba kernels in backends/cpu/normalization.py); the xp code below is the definition, and
+what every other device runs.
 """
 
 from __future__ import annotations
@@ -22,6 +25,12 @@ class batch_norm:
     """
 
     def forward(x, running_mean, running_var, weight=None, bias=None, batch_stats=True, eps=1e-5):
+        backend = device_of(x).backend
+        fused = backend.batch_norm_forward(x, running_mean, running_var, weight, bias,
+                                           batch_stats, eps)
+        if fused is not None:  # the same formulas in one kernel (the CPU backend's Numba)
+            y, saved, aux = fused
+            return y, (backend, saved), aux
         xp = get_namespace(x)
         c = x.shape[1]
         axes = (0,) + tuple(range(2, x.ndim))
@@ -42,6 +51,9 @@ class batch_norm:
         return y, (xhat, invstd, batch_stats, axes, bshape, weight), aux
 
     def backward(saved, dy, need_params=True):
+        if len(saved) == 2:  # from the backend's fused forward
+            backend, fused = saved
+            return backend.batch_norm_backward(fused, dy, need_params)
         xhat, invstd, batch_stats, axes, bshape, weight = saved
         xp = get_namespace(dy)
         dw = db = None
