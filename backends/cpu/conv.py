@@ -25,6 +25,8 @@ order differs from the reference backend, so results agree to rounding.
 
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 from numba import njit, prange
@@ -74,11 +76,16 @@ def _use_direct(C, OC, OH, OW, stride):
     return tuple(stride) == (1, 1) and (C * OC <= _DIRECT_MAX_C_OC or OH * OW >= _DIRECT_MIN_PIXELS)
 
 
-def _tap_offsets(C, KH, KW, Hp, Wp, dilation):
-    """Flat offset of tap (c, i, j) in the padded, flattened planes: c*Hp*Wp + i*DH*Wp + j*DW."""
+@functools.lru_cache(maxsize=256)
+def _tap_offsets(C, KH, KW, Hp, Wp, dilation, multiple=1):
+    """Flat offset of tap (c, i, j) in the padded, flattened planes, c*Hp*Wp + i*DH*Wp + j*DW,
+    then zeros up to a multiple of ``multiple`` taps. Cached per geometry and shared: never
+    written to (not marked read-only, which would make Numba compile another signature)."""
     c, i, j = np.meshgrid(np.arange(C), np.arange(KH), np.arange(KW), indexing="ij")
-    offs = c * Hp * Wp + i * dilation[0] * Wp + j * dilation[1]
-    return np.ascontiguousarray(offs.reshape(-1), dtype=np.int64)
+    offs = (c * Hp * Wp + i * dilation[0] * Wp + j * dilation[1]).reshape(-1)
+    out = np.zeros(-(-offs.size // multiple) * multiple, dtype=np.int64)
+    out[: offs.size] = offs
+    return out
 
 
 def _wide_length(OH, OW, Wp):
@@ -89,10 +96,12 @@ def _wide_length(OH, OW, Wp):
 
 def _zero_pad(a, multiples):
     """``a`` (contiguous) with zeros appended so that axis k has a multiple of multiples[k]."""
-    pad = [(0, -n % m) for n, m in zip(a.shape, multiples)]
-    if not any(after for _, after in pad):
+    shape = tuple(n + -n % m for n, m in zip(a.shape, multiples))
+    if shape == a.shape:
         return np.ascontiguousarray(a)
-    return np.ascontiguousarray(np.pad(a, pad))
+    out = np.zeros(shape, dtype=a.dtype)
+    out[tuple(slice(0, n) for n in a.shape)] = a
+    return out
 
 
 # ----------------------------------------------------------------------------- direct
@@ -390,7 +399,7 @@ def conv2d(x, w, b, stride, padding, dilation):
     Hp, Wp = H + 2 * padding[0], W + 2 * padding[1]
     wt = _zero_pad(w.reshape(OC, C * KH * KW), (2, 4))
     b2 = _zero_pad(np.zeros(OC, dtype=x.dtype) if b is None else b, (2,))
-    offs = _zero_pad(_tap_offsets(C, KH, KW, Hp, Wp, dilation), (4,))
+    offs = _tap_offsets(C, KH, KW, Hp, Wp, tuple(dilation), 4)
     y = np.empty((N, OC, OH, OW), dtype=x.dtype)
     L = _wide_length(OH, OW, Wp)
     _direct_forward(x, wt, b2, offs, padding[0], padding[1], Hp, Wp, L, y)
@@ -408,7 +417,7 @@ def conv2d_backward_data(dy, w, x_shape, stride, padding, dilation):
         return _gemm_backward_data(dy, w, x_shape, stride, padding, dilation, OH, OW)
     Hp, Wp = H + 2 * padding[0], W + 2 * padding[1]
     wt = _zero_pad(w.reshape(OC, C, KH * KW).transpose(1, 2, 0), (2, 1, 4))  # (C2, KH*KW, OC4)
-    offs = _tap_offsets(1, KH, KW, Hp, Wp, dilation)
+    offs = _tap_offsets(1, KH, KW, Hp, Wp, tuple(dilation))
     dx = np.empty(x_shape, dtype=dy.dtype)
     L = _wide_length(OH, OW, Wp)
     _direct_backward_data(dy, wt, offs, padding[0], padding[1], Hp, Wp, L, dx)
@@ -426,7 +435,7 @@ def conv2d_backward_weight(x, dy, w_shape, stride, padding, dilation):
         return _gemm_backward_weight(x, dy, w_shape, stride, padding, dilation, OH, OW)
     Hp, Wp = H + 2 * padding[0], W + 2 * padding[1]
     T = C * KH * KW
-    offs = _zero_pad(_tap_offsets(C, KH, KW, Hp, Wp, dilation), (4,))
+    offs = _tap_offsets(C, KH, KW, Hp, Wp, tuple(dilation), 4)
     P = max(1, min(N, numba.get_num_threads()))
     parts = np.zeros((P, OC + OC % 2, offs.size), dtype=x.dtype)
     L = _wide_length(OH, OW, Wp)
