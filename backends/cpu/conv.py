@@ -39,6 +39,14 @@ from .threads import parallel_matmul
 _FMA = {"contract"}
 _FMA_SUM = {"contract", "reassoc"}
 
+# _NO_SLICE_COPIES: inside the kernels, arrays are copied element by element, never as
+# ``dst[a:b] = src[c:d]``. Numba compiles an array-to-array slice assignment with its
+# shape-mismatch error message, built from strings at run time, and that string machinery
+# took ~2 s of the first compile of each kernel that used one (a one-line kernel: 2.28 s
+# with a slice copy, 0.31 s with a loop; Numba 0.68, 2026-12-01). Scalar fills
+# (``a[:] = 0``, 0.30 s) are fine; ``offs.max()`` (0.80 s) is not called in the kernels
+# (the largest tap offset arrives in ``span``).
+
 # Direct loops beat im2col + BLAS at stride 1 unless C*OC is large and OH*OW small.
 _DIRECT_MAX_C_OC = 4096
 _DIRECT_MIN_PIXELS = 256
@@ -115,7 +123,9 @@ def _pad_planes(src, ph, pw, Hp, Wp, dst):
     for c in range(C):
         for h in range(H):
             base = (c * Hp + h + ph) * Wp + pw
-            dst[base : base + W] = src[c, h]
+            row = src[c, h]
+            for w in range(W):  # an element loop on 1-D views: see _NO_SLICE_COPIES
+                dst[base + w] = row[w]
 
 
 @njit(cache=True)
@@ -125,23 +135,25 @@ def _widen(src, Wp, dst):
     dst[:] = 0
     for c in range(C):
         for h in range(OH):
-            dst[c, h * Wp : h * Wp + OW] = src[c, h]
+            row, out = src[c, h], dst[c]
+            for w in range(OW):
+                out[h * Wp + w] = row[w]
 
 
 @njit(parallel=True, cache=True, fastmath=_FMA)
-def _direct_forward(x, wt, b, offs, ph, pw, Hp, Wp, L, y):
+def _direct_forward(x, wt, b, offs, span, ph, pw, Hp, Wp, L, y):
     """y (N, OC, OH, OW) = b[oc] + sum over taps t of wt[oc, t] * x_pad[n].flat[offs[t] + q].
 
     q runs over L wide output positions oh*Wp + ow (L a multiple of the vector width, the
-    excess computed on zeros and dropped). Zeros pad wt (OC2, T4) and b (OC2,) to an even
-    number of rows and T4 = C*KH*KW rounded up to a multiple of 4 (offsets 0), so every
-    pass is two output channels by four taps.
+    excess computed on zeros and dropped); span = max(offs) + L, the padded plane's length.
+    Zeros pad wt (OC2, T4) and b (OC2,) to an even number of rows and T4 = C*KH*KW rounded
+    up to a multiple of 4 (offsets 0), so every pass is two output channels by four taps.
     """
     N = x.shape[0]
     OC, OH, OW = y.shape[1], y.shape[2], y.shape[3]
     OC2, T = wt.shape
     for n in prange(N):
-        xw = np.empty(offs.max() + L, dtype=x.dtype)
+        xw = np.empty(span, dtype=x.dtype)
         _pad_planes(x[n], ph, pw, Hp, Wp, xw)
         acc = np.empty((2, L), dtype=y.dtype)
         a0 = acc[0]
@@ -162,12 +174,15 @@ def _direct_forward(x, wt, b, offs, ph, pw, Hp, Wp, L, y):
                     a0[q] = (((a0[q] + u0 * e0) + u1 * e1) + u2 * e2) + u3 * e3
                     a1[q] = (((a1[q] + v0 * e0) + v1 * e1) + v2 * e2) + v3 * e3
             for k in range(min(2, OC - oc)):
+                a = acc[k]
                 for oh in range(OH):
-                    y[n, oc + k, oh, :] = acc[k, oh * Wp : oh * Wp + OW]
+                    out = y[n, oc + k, oh]
+                    for ow in range(OW):
+                        out[ow] = a[oh * Wp + ow]
 
 
 @njit(parallel=True, cache=True, fastmath=_FMA)
-def _direct_backward_data(dy, wt, offs, ph, pw, Hp, Wp, L, dx):
+def _direct_backward_data(dy, wt, offs, span, ph, pw, Hp, Wp, L, dx):
     """dx (N, C, H, W): dy[n, oc] (wide) times wt[c, k, oc] added at offset offs[k] of plane c.
 
     The adjoint of ``_direct_forward``, two input channels by four output channels per pass:
@@ -180,7 +195,7 @@ def _direct_backward_data(dy, wt, offs, ph, pw, Hp, Wp, L, dx):
     for n in prange(N):
         dyw = np.zeros((OC4, L), dtype=dy.dtype)
         _widen(dy[n], Wp, dyw[:OC])
-        acc = np.empty((2, offs.max() + L), dtype=dx.dtype)
+        acc = np.empty((2, span), dtype=dx.dtype)
         for c in range(0, C2, 2):
             acc[:] = 0
             for k in range(K):
@@ -197,13 +212,16 @@ def _direct_backward_data(dy, wt, offs, ph, pw, Hp, Wp, L, dx):
                         a0[q] = (((a0[q] + u0 * e0) + u1 * e1) + u2 * e2) + u3 * e3
                         a1[q] = (((a1[q] + v0 * e0) + v1 * e1) + v2 * e2) + v3 * e3
             for k in range(min(2, C - c)):
+                a = acc[k]
                 for h in range(H):
                     base = (h + ph) * Wp + pw
-                    dx[n, c + k, h, :] = acc[k, base : base + W]
+                    out = dx[n, c + k, h]
+                    for w in range(W):
+                        out[w] = a[base + w]
 
 
 @njit(parallel=True, cache=True, fastmath=_FMA_SUM)
-def _direct_backward_weight(x, dy, offs, ph, pw, Hp, Wp, L, parts):
+def _direct_backward_weight(x, dy, offs, span, ph, pw, Hp, Wp, L, parts):
     """parts[p] (OC2, T4) += dw summed over the p-th slice of the batch (padded as in forward).
 
     dw[oc, t] = sum over n and wide positions q of dy_wide[n, oc, q] * x_pad[n].flat[offs[t] + q]
@@ -212,7 +230,7 @@ def _direct_backward_weight(x, dy, offs, ph, pw, Hp, Wp, L, parts):
     N, OC = x.shape[0], dy.shape[1]
     P, OC2, T = parts.shape
     for p in prange(P):
-        xw = np.empty(offs.max() + L, dtype=x.dtype)
+        xw = np.empty(span, dtype=x.dtype)
         dyw = np.zeros((OC2, L), dtype=dy.dtype)
         dw = parts[p]
         for n in range(p * N // P, (p + 1) * N // P):
@@ -402,7 +420,7 @@ def conv2d(x, w, b, stride, padding, dilation):
     offs = _tap_offsets(C, KH, KW, Hp, Wp, tuple(dilation), 4)
     y = np.empty((N, OC, OH, OW), dtype=x.dtype)
     L = _wide_length(OH, OW, Wp)
-    _direct_forward(x, wt, b2, offs, padding[0], padding[1], Hp, Wp, L, y)
+    _direct_forward(x, wt, b2, offs, int(offs.max()) + L, padding[0], padding[1], Hp, Wp, L, y)
     return y
 
 
@@ -420,7 +438,7 @@ def conv2d_backward_data(dy, w, x_shape, stride, padding, dilation):
     offs = _tap_offsets(1, KH, KW, Hp, Wp, tuple(dilation))
     dx = np.empty(x_shape, dtype=dy.dtype)
     L = _wide_length(OH, OW, Wp)
-    _direct_backward_data(dy, wt, offs, padding[0], padding[1], Hp, Wp, L, dx)
+    _direct_backward_data(dy, wt, offs, int(offs.max()) + L, padding[0], padding[1], Hp, Wp, L, dx)
     return dx
 
 
@@ -439,5 +457,5 @@ def conv2d_backward_weight(x, dy, w_shape, stride, padding, dilation):
     P = max(1, min(N, numba.get_num_threads()))
     parts = np.zeros((P, OC + OC % 2, offs.size), dtype=x.dtype)
     L = _wide_length(OH, OW, Wp)
-    _direct_backward_weight(x, dy, offs, padding[0], padding[1], Hp, Wp, L, parts)
+    _direct_backward_weight(x, dy, offs, int(offs.max()) + L, padding[0], padding[1], Hp, Wp, L, parts)
     return np.ascontiguousarray(parts.sum(axis=0)[:OC, :T]).reshape(w_shape)

@@ -39,9 +39,11 @@ def _padded_plane(xf, H, W, PH, PW, fill):
     if PH == 0 and PW == 0:
         return xf
     Wp = W + 2 * PW
-    out = np.full((H + 2 * PH) * Wp, fill, dtype=xf.dtype)
+    out = np.empty((H + 2 * PH) * Wp, dtype=xf.dtype)
+    out[:] = fill
     for h in range(H):
-        out[(h + PH) * Wp + PW : (h + PH) * Wp + PW + W] = xf[h * W : (h + 1) * W]
+        for w in range(W):  # element loops, not slice copies: see backends/cpu/conv.py
+            out[(h + PH) * Wp + PW + w] = xf[h * W + w]
     return out
 
 
