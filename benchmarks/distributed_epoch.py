@@ -78,7 +78,7 @@ def worker(data_dir: str, steps: int | None) -> dict:
            "allreduce_alone_us": 1e6 * alone}
     from dlx.backends.cpu.threads import threading_info
 
-    out["numba_threads"] = threading_info()["numba_threads"]
+    out["threads"] = threading_info()["threads"]
     return out if world.rank == 0 else {}
 
 

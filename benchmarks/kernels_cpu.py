@@ -44,6 +44,10 @@ Notes (prediction -> measurement -> why), float32:
   A DCGAN-size stride-2 conv (im2col path, 64x64x16x16 -> 128 channels, fwd + both bwd)
   also ran faster with BLAS on 1 thread (49-54 vs 57-59 ms), its GEMMs split over Python
   threads by threads.parallel_matmul (13.5 -> 7.5-9 ms). Hence backends/cpu/threads.py.
+  Since 2026-12-01 the kernels are ``nogil`` and run on dlx's own threads (Numba's
+  ``parallel=True`` compiled too slowly: see threads.py). The same experiment then (quiet VM):
+  dlx rule 7.43 (7.53); DLX_NUM_THREADS=1 13.75 (13.92); OPENBLAS_NUM_THREADS=2 as well
+  12.48 (20.24): spinning BLAS workers still take the core from the kernels.
 
 Recorded (min ms, same quiet run):
 
@@ -147,12 +151,10 @@ def cases(dtype):
     return out
 
 
-THREAD_SETTINGS = [
-    ("dlx rule: Numba all cores, BLAS 1", {"DLX_RULE": "1"}),
-    ("library defaults", {}),
-    ("Numba workqueue layer", {"NUMBA_THREADING_LAYER": "workqueue"}),
-    ("OMP_WAIT_POLICY=passive", {"OMP_WAIT_POLICY": "PASSIVE"}),
-    ("Numba 1 thread", {"NUMBA_NUM_THREADS": "1"}),
+THREAD_SETTINGS = [  # since 2026-12-01 dlx's kernels run on its own threads (threads.py)
+    ("dlx rule: all cores, BLAS 1", {}),
+    ("dlx on 1 thread", {"DLX_NUM_THREADS": "1"}),
+    ("BLAS on 2 threads too", {"OPENBLAS_NUM_THREADS": "2"}),
 ]
 
 
@@ -194,8 +196,8 @@ def compare_thread_settings():
     """Run ``lenet_step_ms`` in a fresh process per setting (thread pools start only once)."""
     for name, env in THREAD_SETTINGS:
         env = {**{k: v for k, v in os.environ.items()
-                  if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "NUMBA_NUM_THREADS",
-                               "NUMBA_THREADING_LAYER", "OMP_WAIT_POLICY", "DLX_RULE")}, **env}
+                  if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "DLX_NUM_THREADS")},
+               **env}
         out = subprocess.run([sys.executable, __file__, "--step-worker"], env=env, check=True,
                              capture_output=True, text=True).stdout.split()
         print(f"{name:38s} step {float(out[0]):6.2f} ms (median {float(out[1]):6.2f})")
@@ -209,8 +211,7 @@ def main(argv=None):
     parser.add_argument("--step-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.step_worker:
-        if os.environ.get("DLX_RULE"):
-            threads.configure()
+        threads.configure()
         print(*lenet_step_ms())
         return
     if args.threads:
@@ -221,7 +222,7 @@ def main(argv=None):
 
     threads.configure()  # the CPU backend's threading rule (BLAS on one thread)
     info = threads.threading_info()
-    print(f"numba: {info['numba_threads']} threads ({info['numba_threading_layer']}), "
+    print(f"dlx: {info['threads']} threads, "
           f"BLAS: {info['blas']} {info['blas_threads']} thread(s); "
           f"torch {torch.__version__}: {torch.get_num_threads()} threads")
     print(f"{'kernel':40s} {'dlx ms':>14s} {'torch ms':>14s} {'torch/dlx':>9s}")

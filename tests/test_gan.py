@@ -117,19 +117,18 @@ def test_model_shapes_and_state_dict_names():
 def test_gradcheck_tiny_generator_then_discriminator(build):
     """D(G(z)) in float64: every parameter of both networks, and the path through D's
     input that the generator step uses (the full-size nets would take minutes)."""
-    import numba
+    from dlx.backends.cpu import threads
 
     g, d = build()
     model = dlx.nn.Sequential(*g, *d).double()
     z = dlx.asarray(np.random.default_rng(0).standard_normal((3, 2)), dtype="float64")
-    # Thousands of tiny convolutions: handing each to Numba's thread pool costs more than
-    # the work itself (15x slower on a busy 2-core machine), so run them on one thread.
-    threads = numba.get_num_threads()
-    numba.set_num_threads(1)
+    # Thousands of tiny convolutions: handing each to the thread pool costs more than the
+    # work itself (15x slower on a busy 2-core machine), so run them on one thread.
+    previous = threads.set_num_threads(1)
     try:
         assert gradcheck(model, z, rtol=1e-5, atol=1e-8)
     finally:
-        numba.set_num_threads(threads)
+        threads.set_num_threads(previous)
 
 
 class _Spy:

@@ -14,9 +14,7 @@ Max pooling must match exactly (values and argmax; inputs are tie-free permutati
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -361,32 +359,74 @@ def test_parallel_matmul_is_matmul_bit_for_bit(m, k, n, layout):
     np.testing.assert_array_equal(out, want)
 
 
-@pytest.mark.parametrize("env,want_env,want_rule", [
-    ({}, "30000", "GOMP_SPINCOUNT=30000"),
-    ({"GOMP_SPINCOUNT": "7"}, "7", "left to GOMP_SPINCOUNT"),
-    ({"OMP_WAIT_POLICY": "PASSIVE"}, None, "left to OMP_WAIT_POLICY"),
-])
-def test_configure_limits_the_omp_spin_before_libgomp_starts(env, want_env, want_rule):
-    """A fresh process: configure() sets GOMP_SPINCOUNT (unless the user chose a policy)
-    before Numba's first parallel kernel loads libgomp, and reports what it did."""
-    import subprocess
+def test_parallel_for_runs_every_block_once_and_raises_a_blocks_error():
+    """parallel_for hands [n*p//P, n*(p+1)//P) to kernel(lo, hi, *args), one block per
+    thread, and the first block's or any other block's exception reaches the caller."""
+    from dlx.backends.cpu import threads
 
-    code = (
-        "import os, json\n"
-        "from dlx.backends.cpu import threads\n"
-        "rule = threads.configure()\n"
-        "import numba\n"
-        "omp = numba.threading_layer() == 'omp'\n"
-        "print(json.dumps([os.environ.get('GOMP_SPINCOUNT'), rule['omp_spin'],\n"
-        "                  threads._libgomp_loaded() if omp else None]))\n"
-    )
-    base = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
-    out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, check=True,
-                         capture_output=True, text=True).stdout
-    spin, rule, loaded = json.loads(out)
-    assert (spin, rule) == (want_env, want_rule)
-    if loaded is not None:  # Numba's omp layer: libgomp started inside configure(), after
-        assert loaded  # the variable was set (the rule would say "loaded before dlx" otherwise)
+    threads.configure()
+    previous = threads.set_num_threads(3)
+    try:
+        seen = []
+        lock = __import__("threading").Lock()
+
+        def record(lo, hi, out):
+            with lock:
+                out.append((lo, hi))
+
+        threads.parallel_for(record, 10, seen)
+        assert sorted(seen) == [(0, 3), (3, 6), (6, 10)]
+        seen.clear()
+        threads.parallel_for(record, 2, seen)  # fewer items than threads: one block each
+        assert sorted(seen) == [(0, 1), (1, 2)]
+        threads.parallel_for(record, 0, seen)
+        assert sorted(seen) == [(0, 1), (1, 2)]
+
+        def fail_late(lo, hi):
+            if lo > 0:
+                raise ValueError(f"block {lo}")
+
+        with pytest.raises(ValueError, match="block 3"):
+            threads.parallel_for(fail_late, 10)
+    finally:
+        threads.set_num_threads(previous)
+    with pytest.raises(ValueError, match="at least 1 thread"):
+        threads.set_num_threads(0)
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_cpu_kernels_give_the_same_bits_on_any_thread_count(count):
+    """Blocks of the outer loop change nothing in the arithmetic: conv forward and
+    backward-data (direct and im2row paths), max pooling and batch norm give the same bits
+    on one thread and on ``count`` (the backward-weight's partial sums follow the thread
+    count, as Numba's prange did: not compared)."""
+    from dlx.backends.cpu import normalization, threads
+
+    threads.configure()
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((5, 4, 9, 9)).astype(np.float32)
+    convs = [(rng.standard_normal((6, 4, 3, 3)).astype(np.float32), ((1, 1), (1, 1), (1, 1))),
+             (rng.standard_normal((6, 4, 4, 4)).astype(np.float32), ((2, 2), (1, 1), (1, 1)))]
+
+    def run():
+        out = []
+        for w, geo in convs:
+            y = cpu_conv.conv2d(x, w, None, *geo)
+            out += [y, cpu_conv.conv2d_backward_data(y, w, x.shape, *geo)]
+        y, am = cpu_pool.max_pool2d(x, (2, 2), (2, 2), (0, 0))
+        out += [y, am, cpu_pool.max_pool2d_backward(y, am, x.shape, (2, 2), (2, 2), (0, 0))]
+        y, saved, _ = normalization.batch_norm_forward(x, None, None, None, None, True, 1e-5)
+        return out + [y, normalization.batch_norm_backward(saved, x)[0]]
+
+    results = []
+    for P in (1, count):
+        previous = threads.set_num_threads(P)
+        try:
+            results.append(run())
+        finally:
+            threads.set_num_threads(previous)
+    for got, want in zip(*results):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_init_draws_in_chunks_the_values_of_one_draw(monkeypatch):

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..base import Backend
 from ..host_random import NumpyGenerator, dtype_name
-from . import conv, normalization, pooling, threads
+from . import conv, memory, normalization, pooling, threads
 
 
 class CPUBackend(Backend):
@@ -14,11 +14,12 @@ class CPUBackend(Backend):
     xp = np
 
     def __init__(self):
-        threads.configure()  # Numba gets the cores, BLAS one thread (see threads.py)
+        threads.configure()  # dlx's threads get the cores, BLAS one thread (see threads.py)
+        memory.configure()  # freed memory kept for the next step (see memory.py)
 
     @classmethod
     def info(cls) -> dict:
-        return {"available": True, "threads": threads.threading_info()}
+        return {"available": True, "threads": threads.threading_info(), "malloc": memory.status()}
 
     def array_device(self, index):
         return "cpu"
@@ -51,7 +52,7 @@ class CPUBackend(Backend):
                         return None
                 except Exception:  # not a cached dispatcher, or another Numba version
                     continue
-        return ("compiling the CPU kernels (first run with this install only, about 20-30 s "
+        return ("compiling the CPU kernels (first run with this install only, a few seconds "
                 "on 2 cores; cached on disk afterwards)")
 
     def all_reduce(self, world, x, index=None):

@@ -27,12 +27,11 @@ from __future__ import annotations
 
 import functools
 
-import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ..base import conv2d_output_size
-from .threads import parallel_matmul
+from .threads import num_threads, parallel_for, parallel_matmul
 
 # "contract" lets LLVM fuse a*b + c into one FMA (one rounding instead of two: at least
 # as accurate); "reassoc" lets it vectorise the dot products of the weight gradient.
@@ -140,8 +139,8 @@ def _widen(src, Wp, dst):
                 out[h * Wp + w] = row[w]
 
 
-@njit(parallel=True, cache=True, fastmath=_FMA)
-def _direct_forward(x, wt, b, offs, span, ph, pw, Hp, Wp, L, y):
+@njit(nogil=True, cache=True, fastmath=_FMA)
+def _direct_forward(lo, hi, x, wt, b, offs, span, ph, pw, Hp, Wp, L, y):
     """y (N, OC, OH, OW) = b[oc] + sum over taps t of wt[oc, t] * x_pad[n].flat[offs[t] + q].
 
     q runs over L wide output positions oh*Wp + ow (L a multiple of the vector width, the
@@ -149,15 +148,14 @@ def _direct_forward(x, wt, b, offs, span, ph, pw, Hp, Wp, L, y):
     Zeros pad wt (OC2, T4) and b (OC2,) to an even number of rows and T4 = C*KH*KW rounded
     up to a multiple of 4 (offsets 0), so every pass is two output channels by four taps.
     """
-    N = x.shape[0]
     OC, OH, OW = y.shape[1], y.shape[2], y.shape[3]
     OC2, T = wt.shape
-    for n in prange(N):
-        xw = np.empty(span, dtype=x.dtype)
+    xw = np.empty(span, dtype=x.dtype)
+    acc = np.empty((2, L), dtype=y.dtype)
+    a0 = acc[0]
+    a1 = acc[1]
+    for n in range(lo, hi):
         _pad_planes(x[n], ph, pw, Hp, Wp, xw)
-        acc = np.empty((2, L), dtype=y.dtype)
-        a0 = acc[0]
-        a1 = acc[1]
         for oc in range(0, OC2, 2):
             a0[:] = b[oc]
             a1[:] = b[oc + 1]
@@ -181,21 +179,21 @@ def _direct_forward(x, wt, b, offs, span, ph, pw, Hp, Wp, L, y):
                         out[ow] = a[oh * Wp + ow]
 
 
-@njit(parallel=True, cache=True, fastmath=_FMA)
-def _direct_backward_data(dy, wt, offs, span, ph, pw, Hp, Wp, L, dx):
+@njit(nogil=True, cache=True, fastmath=_FMA)
+def _direct_backward_data(lo, hi, dy, wt, offs, span, ph, pw, Hp, Wp, L, dx):
     """dx (N, C, H, W): dy[n, oc] (wide) times wt[c, k, oc] added at offset offs[k] of plane c.
 
     The adjoint of ``_direct_forward``, two input channels by four output channels per pass:
     wt (C2, KH*KW, OC4) is the weight transposed and zero-padded to an even C2 and OC4 a
     multiple of 4 (zero rows of dy_wide match the padding); offs (KH*KW,) = i*DH*Wp + j*DW.
     """
-    N, OC = dy.shape[0], dy.shape[1]
+    OC = dy.shape[1]
     C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
     C2, K, OC4 = wt.shape
-    for n in prange(N):
-        dyw = np.zeros((OC4, L), dtype=dy.dtype)
+    dyw = np.zeros((OC4, L), dtype=dy.dtype)  # rows OC.. stay zero; _widen rewrites the rest
+    acc = np.empty((2, span), dtype=dx.dtype)
+    for n in range(lo, hi):
         _widen(dy[n], Wp, dyw[:OC])
-        acc = np.empty((2, span), dtype=dx.dtype)
         for c in range(0, C2, 2):
             acc[:] = 0
             for k in range(K):
@@ -220,8 +218,8 @@ def _direct_backward_data(dy, wt, offs, span, ph, pw, Hp, Wp, L, dx):
                         out[w] = a[base + w]
 
 
-@njit(parallel=True, cache=True, fastmath=_FMA_SUM)
-def _direct_backward_weight(x, dy, offs, span, ph, pw, Hp, Wp, L, parts):
+@njit(nogil=True, cache=True, fastmath=_FMA_SUM)
+def _direct_backward_weight(lo, hi, x, dy, offs, span, ph, pw, Hp, Wp, L, parts):
     """parts[p] (OC2, T4) += dw summed over the p-th slice of the batch (padded as in forward).
 
     dw[oc, t] = sum over n and wide positions q of dy_wide[n, oc, q] * x_pad[n].flat[offs[t] + q]
@@ -229,7 +227,7 @@ def _direct_backward_weight(x, dy, offs, span, ph, pw, Hp, Wp, L, parts):
     """
     N, OC = x.shape[0], dy.shape[1]
     P, OC2, T = parts.shape
-    for p in prange(P):
+    for p in range(lo, hi):
         xw = np.empty(span, dtype=x.dtype)
         dyw = np.zeros((OC2, L), dtype=dy.dtype)
         dw = parts[p]
@@ -266,12 +264,12 @@ def _direct_backward_weight(x, dy, offs, span, ph, pw, Hp, Wp, L, parts):
 # ----------------------------------------------------------------------------- im2row
 
 
-@njit(parallel=True, cache=True)
-def _pad_nhwc(x, PH, PW, xp):
+@njit(nogil=True, cache=True)
+def _pad_nhwc(lo, hi, x, PH, PW, xp):
     """xp (N, Hp, Wp, C) = x (N, C, H, W) moved to channels-last and zero-padded by (PH, PW)."""
     N, C, H, W = x.shape
     Hp, Wp = xp.shape[1], xp.shape[2]
-    for n in prange(N):
+    for n in range(lo, hi):
         xn, pn = x[n], xp[n]
         for h in range(Hp):
             if h < PH or h >= PH + H:
@@ -286,11 +284,11 @@ def _pad_nhwc(x, PH, PW, xp):
     return xp
 
 
-@njit(parallel=True, cache=True)
-def _crop_nchw(xp, PH, PW, x):
+@njit(nogil=True, cache=True)
+def _crop_nchw(lo, hi, xp, PH, PW, x):
     """x (N, C, H, W) = the interior of xp (N, Hp, Wp, C), back in channels-first order."""
     N, C, H, W = x.shape
-    for n in prange(N):
+    for n in range(lo, hi):
         xn, pn = x[n], xp[n]
         for c in range(C):
             for h in range(H):
@@ -299,13 +297,13 @@ def _crop_nchw(xp, PH, PW, x):
     return x
 
 
-@njit(parallel=True, cache=True)
-def _im2row(xp, KH, KW, SH, SW, DH, DW, OH, OW, rows):
+@njit(nogil=True, cache=True)
+def _im2row(lo, hi, xp, KH, KW, SH, SW, DH, DW, OH, OW, rows):
     """rows (N*OH*OW, KH*KW*C): row n*OH*OW + oh*OW + ow, columns (i*KW + j)*C .. + C, hold
     xp[n, oh*SH + i*DH, ow*SW + j*DW, :] (xp padded and channels-last: one run per tap)."""
-    N, C = xp.shape[0], xp.shape[3]
+    C = xp.shape[3]
     L = OH * OW
-    for n in prange(N):
+    for n in range(lo, hi):
         for oh in range(OH):
             for ow in range(OW):
                 row = rows[n * L + oh * OW + ow]
@@ -318,13 +316,13 @@ def _im2row(xp, KH, KW, SH, SW, DH, DW, OH, OW, rows):
     return rows
 
 
-@njit(parallel=True, cache=True)
-def _row2im(rows, KH, KW, SH, SW, DH, DW, OH, OW, dxp):
+@njit(nogil=True, cache=True)
+def _row2im(lo, hi, rows, KH, KW, SH, SW, DH, DW, OH, OW, dxp):
     """dxp (N, Hp, Wp, C) = the sum of every rows entry at the padded position it came from
     (the adjoint of ``_im2row``)."""
-    N, C = dxp.shape[0], dxp.shape[3]
+    C = dxp.shape[3]
     L = OH * OW
-    for n in prange(N):
+    for n in range(lo, hi):
         dn = dxp[n]
         dn[:] = 0
         for oh in range(OH):
@@ -352,9 +350,11 @@ def _rows_of(x, padding, geo):
     """im2row of x (n, C, H, W): (n*OH*OW, KH*KW*C)."""
     n, C, H, W = x.shape
     KH, KW, OH, OW = geo[0], geo[1], geo[6], geo[7]
-    xp = _pad_nhwc(x, padding[0], padding[1],
-                   np.empty((n, H + 2 * padding[0], W + 2 * padding[1], C), dtype=x.dtype))
-    return _im2row(xp, *geo, np.empty((n * OH * OW, KH * KW * C), dtype=x.dtype))
+    xp = np.empty((n, H + 2 * padding[0], W + 2 * padding[1], C), dtype=x.dtype)
+    parallel_for(_pad_nhwc, n, x, padding[0], padding[1], xp)
+    rows = np.empty((n * OH * OW, KH * KW * C), dtype=x.dtype)
+    parallel_for(_im2row, n, xp, *geo, rows)
+    return rows
 
 
 def _dy_rows(dy):
@@ -390,7 +390,8 @@ def _gemm_backward_data(dy, w, x_shape, stride, padding, dilation, OH, OW):
     for n0, n1 in _batches(N, T * L * dy.itemsize):
         rows = parallel_matmul(_dy_rows(dy[n0:n1]), w_rows)  # (n*L, T)
         dxp = np.empty((n1 - n0, H + 2 * padding[0], W + 2 * padding[1], C), dtype=dy.dtype)
-        _crop_nchw(_row2im(rows, *geo, dxp), padding[0], padding[1], dx[n0:n1])
+        parallel_for(_row2im, n1 - n0, rows, *geo, dxp)
+        parallel_for(_crop_nchw, n1 - n0, dxp, padding[0], padding[1], dx[n0:n1])
     return dx
 
 
@@ -420,7 +421,7 @@ def conv2d(x, w, b, stride, padding, dilation):
     offs = _tap_offsets(C, KH, KW, Hp, Wp, tuple(dilation), 4)
     y = np.empty((N, OC, OH, OW), dtype=x.dtype)
     L = _wide_length(OH, OW, Wp)
-    _direct_forward(x, wt, b2, offs, int(offs.max()) + L, padding[0], padding[1], Hp, Wp, L, y)
+    parallel_for(_direct_forward, N, x, wt, b2, offs, int(offs.max()) + L, *padding, Hp, Wp, L, y)
     return y
 
 
@@ -438,7 +439,8 @@ def conv2d_backward_data(dy, w, x_shape, stride, padding, dilation):
     offs = _tap_offsets(1, KH, KW, Hp, Wp, tuple(dilation))
     dx = np.empty(x_shape, dtype=dy.dtype)
     L = _wide_length(OH, OW, Wp)
-    _direct_backward_data(dy, wt, offs, int(offs.max()) + L, padding[0], padding[1], Hp, Wp, L, dx)
+    parallel_for(_direct_backward_data, N, dy, wt, offs, int(offs.max()) + L, *padding, Hp, Wp, L,
+                 dx)
     return dx
 
 
@@ -454,8 +456,9 @@ def conv2d_backward_weight(x, dy, w_shape, stride, padding, dilation):
     Hp, Wp = H + 2 * padding[0], W + 2 * padding[1]
     T = C * KH * KW
     offs = _tap_offsets(C, KH, KW, Hp, Wp, tuple(dilation), 4)
-    P = max(1, min(N, numba.get_num_threads()))
+    P = max(1, min(N, num_threads()))
     parts = np.zeros((P, OC + OC % 2, offs.size), dtype=x.dtype)
     L = _wide_length(OH, OW, Wp)
-    _direct_backward_weight(x, dy, offs, int(offs.max()) + L, padding[0], padding[1], Hp, Wp, L, parts)
+    parallel_for(_direct_backward_weight, P, x, dy, offs, int(offs.max()) + L, *padding, Hp, Wp, L,
+                 parts)
     return np.ascontiguousarray(parts.sum(axis=0)[:OC, :T]).reshape(w_shape)

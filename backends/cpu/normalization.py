@@ -16,18 +16,20 @@ backward recomputes x-hat = (x - mean) * invstd on the fly.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
+
+from .threads import parallel_for
 
 
-@njit(parallel=True, cache=True)
-def _forward(x, mean, var, invstd, weight, bias, batch_stats, eps, y):
+@njit(nogil=True, cache=True)
+def _forward(lo, hi, x, mean, var, invstd, weight, bias, batch_stats, eps, y):
     """y (N, C, S) = (x - mean) * invstd * weight + bias per channel. With ``batch_stats``,
     mean, var and invstd (C,) are written (the batch's mean, biased variance and
     1/sqrt(var + eps)), else mean and invstd are read; weight and bias are (C,) (ones and
     zeros when the layer has none)."""
     N, C, S = x.shape
     count = N * S
-    for c in prange(C):
+    for c in range(lo, hi):
         if batch_stats:
             s = 0.0
             for n in range(N):
@@ -49,8 +51,8 @@ def _forward(x, mean, var, invstd, weight, bias, batch_stats, eps, y):
                 y[n, c, i] = (x[n, c, i] - m) * r * a + b
 
 
-@njit(parallel=True, cache=True)
-def _backward(x, dy, mean, invstd, weight, batch_stats, dx, dweight, dbias):
+@njit(nogil=True, cache=True)
+def _backward(lo, hi, x, dy, mean, invstd, weight, batch_stats, dx, dweight, dbias):
     """dx (N, C, S) and the per-channel dweight, dbias (C,) of ``_forward``.
 
     With x-hat = (x - mean) * invstd and g = dy * weight: dbias = sum dy, dweight = sum dy*x-hat;
@@ -58,7 +60,7 @@ def _backward(x, dy, mean, invstd, weight, batch_stats, dx, dweight, dbias):
     variance being functions of the whole batch; fixed statistics: dx = invstd * g."""
     N, C, S = x.shape
     count = N * S
-    for c in prange(C):
+    for c in range(lo, hi):
         m, r, a = mean[c], invstd[c], weight[c]
         sdy = 0.0
         sdyx = 0.0
@@ -102,7 +104,7 @@ def batch_norm_forward(x, running_mean, running_var, weight, bias, batch_stats, 
     w = np.ones(C, dtype) if weight is None else np.ascontiguousarray(weight)
     b = np.zeros(C, dtype) if bias is None else np.ascontiguousarray(bias)
     y = np.empty(x3.shape, dtype)
-    _forward(x3, mean, var, invstd, w, b, bool(batch_stats), float(eps), y)
+    parallel_for(_forward, C, x3, mean, var, invstd, w, b, bool(batch_stats), float(eps), y)
     aux = (mean, var, x.size // C) if batch_stats else None
     return y.reshape(x.shape), (x3, mean, invstd, w, weight is not None, bool(batch_stats)), aux
 
@@ -114,7 +116,7 @@ def batch_norm_backward(saved, dy, need_params=True):
     dx = np.empty(x3.shape, x3.dtype)
     dw, db = np.empty(C, x3.dtype), np.empty(C, x3.dtype)
     dy3 = _as_ncs(dy.astype(x3.dtype, copy=False))
-    _backward(x3, dy3, mean, invstd, w, batch_stats, dx, dw, db)
+    parallel_for(_backward, C, x3, dy3, mean, invstd, w, batch_stats, dx, dw, db)
     if not (affine and need_params):
         dw = db = None
     return dx.reshape(dy.shape), dw, db

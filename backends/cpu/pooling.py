@@ -11,9 +11,10 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ..base import pool2d_output_size
+from .threads import parallel_for
 
 
 def _check(name, x):
@@ -53,8 +54,8 @@ def _max_pool_kernel(window):
     arguments. Constant sizes unroll the window loops: 2x2 on LeNet's pool1 0.78 -> 0.54 ms."""
     CKH, CKW = window
 
-    @njit(parallel=True, cache=True)
-    def max_pool(x, KH, KW, SH, SW, PH, PW, y, argmax):
+    @njit(nogil=True, cache=True)
+    def max_pool(lo, hi, x, KH, KW, SH, SW, PH, PW, y, argmax):
         """y, argmax (N, C, OH, OW): window maxima and their flat index h*W + w.
 
         The first maximum in row-major window order wins and NaN counts as a maximum (PyTorch's
@@ -69,7 +70,7 @@ def _max_pool_kernel(window):
         xf = x.reshape(N * C, H * W)
         yf = y.reshape(N * C, OH * OW)
         af = argmax.reshape(N * C, OH * OW)
-        for nc in prange(N * C):
+        for nc in range(lo, hi):
             src = _padded_plane(xf[nc], H, W, PH, PW, neg_inf)
             for oh in range(OH):
                 h0 = oh * SH - PH
@@ -90,12 +91,12 @@ def _max_pool_kernel(window):
     return max_pool
 
 
-@njit(parallel=True, cache=True)
-def _max_pool_backward(dy, argmax, dx):
+@njit(nogil=True, cache=True)
+def _max_pool_backward(lo, hi, dy, argmax, dx):
     """dx (N, C, H*W): each dy added at the flat index its argmax names."""
     N, C, OH, OW = dy.shape
     HW = dx.shape[2]
-    for nc in prange(N * C):
+    for nc in range(lo, hi):
         n, c = nc // C, nc % C
         plane = dx[n, c]
         plane[:] = 0
@@ -111,8 +112,8 @@ def _avg_pool_kernel(window):
     """The average-pooling kernel, ``window`` as for ``_max_pool_kernel`` (2x2: 0.67 -> 0.22 ms)."""
     CKH, CKW = window
 
-    @njit(parallel=True, cache=True)
-    def avg_pool(x, KH, KW, SH, SW, PH, PW, count_include_pad, y):
+    @njit(nogil=True, cache=True)
+    def avg_pool(lo, hi, x, KH, KW, SH, SW, PH, PW, count_include_pad, y):
         """y (N, C, OH, OW): window sums (zero padding) divided by KH*KW or the real count."""
         KH = CKH if CKH else KH
         KW = CKW if CKW else KW
@@ -122,7 +123,7 @@ def _avg_pool_kernel(window):
         zero = x.dtype.type(0)
         xf = x.reshape(N * C, H * W)
         yf = y.reshape(N * C, OH * OW)
-        for nc in prange(N * C):
+        for nc in range(lo, hi):
             src = _padded_plane(xf[nc], H, W, PH, PW, zero)
             for oh in range(OH):
                 h0 = oh * SH - PH
@@ -141,12 +142,12 @@ def _avg_pool_kernel(window):
     return avg_pool
 
 
-@njit(parallel=True, cache=True)
-def _avg_pool_backward(dy, KH, KW, SH, SW, PH, PW, count_include_pad, dx):
+@njit(nogil=True, cache=True)
+def _avg_pool_backward(lo, hi, dy, KH, KW, SH, SW, PH, PW, count_include_pad, dx):
     """dx (N, C, H, W): each dy / count spread over its window's real elements."""
     N, C, H, W = dx.shape
     OH, OW = dy.shape[2], dy.shape[3]
-    for nc in prange(N * C):
+    for nc in range(lo, hi):
         n, c = nc // C, nc % C
         plane = dx[n, c]
         plane[:] = 0
@@ -183,7 +184,8 @@ def max_pool2d(x, kernel, stride, padding):
     N, C, H, W, OH, OW = _sizes(x.shape, kernel, stride, padding)
     y = np.empty((N, C, OH, OW), dtype=x.dtype)
     argmax = np.empty((N, C, OH, OW), dtype=np.int32)
-    _max_pool_kernel(_window(kernel))(x, *_geometry(kernel, stride, padding), y, argmax)
+    parallel_for(_max_pool_kernel(_window(kernel)), N * C, x, *_geometry(kernel, stride, padding),
+                 y, argmax)
     return y, argmax
 
 
@@ -197,7 +199,7 @@ def max_pool2d_backward(dy, argmax, x_shape, kernel, stride, padding):
             f"max_pool2d_backward: dy {dy.shape} and argmax {argmax.shape} must be {(N, C, OH, OW)}"
         )
     dx = np.empty((N, C, H * W), dtype=dy.dtype)
-    _max_pool_backward(dy, argmax, dx)
+    parallel_for(_max_pool_backward, N * C, dy, argmax, dx)
     return dx.reshape(N, C, H, W)
 
 
@@ -207,7 +209,7 @@ def avg_pool2d(x, kernel, stride, padding, count_include_pad=True):
     N, C, H, W, OH, OW = _sizes(x.shape, kernel, stride, padding)
     y = np.empty((N, C, OH, OW), dtype=x.dtype)
     kernel_fn = _avg_pool_kernel(_window(kernel))
-    kernel_fn(x, *_geometry(kernel, stride, padding), bool(count_include_pad), y)
+    parallel_for(kernel_fn, N * C, x, *_geometry(kernel, stride, padding), bool(count_include_pad), y)
     return y
 
 
@@ -218,5 +220,6 @@ def avg_pool2d_backward(dy, x_shape, kernel, stride, padding, count_include_pad=
     if dy.shape != (N, C, OH, OW):
         raise ValueError(f"avg_pool2d_backward: dy has shape {dy.shape}, expected {(N, C, OH, OW)}")
     dx = np.empty((N, C, H, W), dtype=dy.dtype)
-    _avg_pool_backward(dy, *_geometry(kernel, stride, padding), bool(count_include_pad), dx)
+    parallel_for(_avg_pool_backward, N * C, dy, *_geometry(kernel, stride, padding),
+                 bool(count_include_pad), dx)
     return dx

@@ -1,41 +1,33 @@
-"""Thread pools of the CPU backend: Numba's (the conv and pooling kernels) and the BLAS under
-NumPy's matmul. ``configure()`` applies the rule that they must not oversubscribe the cores;
-``threading_info()`` reports both for ``dlx info``.
+"""The CPU backend's threads: the calling thread and dlx's worker threads run both the Numba
+kernels (``parallel_for``: each kernel is compiled ``nogil`` and takes a block of its outer
+loop) and the large GEMMs (``parallel_matmul``: blocks of one single-threaded BLAS call each).
+``configure()`` applies the threading rule; ``threading_info()`` reports it for ``dlx info``.
 
-The rule, from benchmarks/kernels_cpu.py (see its notes): Numba gets every core this process
-may use, and the BLAS one thread. Within a training step the two alternate every few hundred
-microseconds, and OpenBLAS's idle workers busy-wait (about 0.1 s) after each call, so with
-BLAS threads a Numba kernel that follows a matmul shares its cores with spinning threads.
-The matmuls in LeNet-sized layers are too small to gain from more than one thread anyway.
+The rule: dlx uses every core this process may use (``DLX_NUM_THREADS`` caps it), with its own
+threads, and the BLAS one thread. Nothing spins while it waits: idle workers sleep, so the
+Numba kernels, the GEMMs and NumPy's own operations never share a core with a busy-waiting
+worker of another pool. How it came to this, measured on the 2-core dev VM:
 
-Large GEMMs (nn.Linear through ``CPUBackend.matmul``, the im2col convolutions) still get every
-core: from ``_SPLIT_MIN_MACS`` (2^24) multiply-adds up, ``parallel_matmul`` splits the larger
-output side (columns of b when N >= M, else rows of a) over Numba's thread count in Python
-threads, each calling the one-thread BLAS. Idle Python threads sleep, so nothing spins after
-the call. Measured on the DCGAN conv's forward GEMM (128x1024 @ 1024x3136, one process,
-interleaved, 2026-11-30): one thread 8.7 ms, rows split over 2 threads 4.9 ms, OpenBLAS's own
-2 threads 4.5 ms, but after an OpenBLAS 2-thread call its idle worker spins for ~0.1 s and
-the Numba kernels that follow slow down (im2col 4.8 -> 8-10 ms, col2im 8.7 -> 10.6-18.5 ms in
-the same loop). A row split makes every thread pack the whole of b (12.8 MB here): the column
-split packs each half once and gives the same bits (each element is one BLAS dot product over
-all of K; tests/test_kernels.py checks it against np.matmul bit for bit).
+* BLAS threads (benchmarks/kernels_cpu.py, 2026-11-22): OpenBLAS's idle workers busy-wait
+  ~0.1 s after each call, and a Numba kernel that followed a matmul shared its cores with
+  them (LeNet-5 step 6.8 ms with BLAS on one thread, 14.8 ms with library defaults). Large
+  GEMMs still get every core through ``parallel_matmul``: from ``_SPLIT_MIN_MACS`` (2^24)
+  multiply-adds up it splits the larger output side (columns of b when N >= M, else rows of
+  a) over the threads, each part one single-threaded BLAS call (DCGAN conv GEMM 128x1024 @
+  1024x3136: one thread 8.7 ms, split over 2 threads 4.9 ms, OpenBLAS's own 2 threads 4.5).
+  The column split packs each half of b once and gives np.matmul's bits (each element is one
+  BLAS dot product over all of K; tests/test_kernels.py checks it bit for bit).
+* Numba's ``parallel=True`` (2026-12-01): its omp threading layer (GNU libgomp) spins after
+  every kernel too (GOMP_SPINCOUNT, 300,000 by default), which took a core from the GEMM
+  that followed (DCGAN conv GEMM after its im2col: 3.3 / 6.0-7.4 ms min / median), and its
+  parfor compilation took most of the cold start: the first LeNet-5 training step with an
+  empty Numba cache took 9.4 s with ``parallel=True`` kernels, 3.9 s with the same kernels
+  compiled ``nogil`` (the loops are identical; only the outer ``prange`` became a block
+  ``range(lo, hi)``). So the kernels are ``nogil`` and ``parallel_for`` hands the blocks to
+  dlx's threads: the same blocks as Numba's static schedule, so the same bits.
+
 A user who sets OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, MKL_NUM_THREADS or DLX_BLAS_THREADS
-keeps their setting; DLX_NUM_THREADS caps Numba's threads.
-
-Numba's own workers spin too. With its "omp" threading layer (GNU libgomp, Linux), each
-worker busy-waits after a parallel kernel for GOMP_SPINCOUNT iterations (libgomp's default
-300,000, a few hundred microseconds to milliseconds), and a ``parallel_matmul`` that follows
-an im2col kernel then shares a core with that spinner. Measured on the DCGAN conv's forward
-GEMM right after its im2col (one process, 2026-12-01, quiet 2-core VM, min/median of 20):
-3.3 / 6.0-7.4 ms with the default spin, 3.3 / 3.3 with OMP_WAIT_POLICY=PASSIVE (no spin),
-3.3 / 4.4 with GOMP_SPINCOUNT=10000. Whole steps, min/median ms: DCGAN train step (64)
-142/157 default, 128/131 passive, 129/133 at 30,000; LeNet-5 train step (128) 11.2/11.3
-default, 11.9/12.1 passive (each kernel pays a futex wake-up), 11.2/11.3 at 30,000, 11.6/13.0
-at 3,000. So ``configure`` sets GOMP_SPINCOUNT=30000 (``_OMP_SPIN``): short enough that a
-worker is asleep before a GEMM that follows, long enough that back-to-back kernels of one
-LeNet step still find it awake. libgomp reads the variable once, when Numba loads it at the
-first parallel kernel: a user's OMP_WAIT_POLICY or GOMP_SPINCOUNT is kept, and when libgomp
-was loaded already (``threading_info`` says so) the setting cannot apply.
+keeps their BLAS setting.
 """
 
 from __future__ import annotations
@@ -44,9 +36,7 @@ import ctypes
 import glob
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
-import numba
 import numpy as np
 
 _BLAS_ENV = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -63,14 +53,9 @@ _BLAS_SYMBOLS = [
 ]
 _blas = None  # cached (name, get, set, config) or False when none was found
 _configured: dict | None = None
-_pool: ThreadPoolExecutor | None = None
-_pool_workers = 0
-_pool_lock = threading.Lock()
 # Below this many multiply-adds a matmul is not worth splitting across threads.
 _SPLIT_MIN_MACS = 1 << 24
-# Spin iterations of an idle libgomp worker (Numba's omp layer); see the module docstring.
-_OMP_SPIN = "30000"
-_OMP_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+_threads = 1  # dlx's thread count, set by configure()
 
 
 def usable_cores() -> int:
@@ -96,27 +81,6 @@ def _candidate_libraries():
     for pattern in ("../numpy.libs/*blas*", ".dylibs/*blas*", "../numpy/.dylibs/*blas*"):
         paths += [p for p in glob.glob(os.path.join(root, pattern)) if p not in paths]
     return paths
-
-
-def _libgomp_loaded() -> bool:
-    """True when GNU libgomp (the one Numba's omp layer uses, not a wheel's private copy such
-    as torch's libgomp-<hash>.so) is mapped into this process already."""
-    try:
-        with open("/proc/self/maps") as maps:
-            return any(os.path.basename(line.split()[-1]).startswith("libgomp.so") for line in maps)
-    except OSError:
-        return False
-
-
-def _limit_omp_spin() -> str:
-    """Set GOMP_SPINCOUNT before libgomp starts (see the module docstring); says what it did."""
-    user = [name for name in _OMP_ENV if os.environ.get(name)]
-    if user:
-        return f"left to {user[0]}"
-    if _libgomp_loaded():
-        return "libgomp loaded before dlx: its default spin applies"
-    os.environ["GOMP_SPINCOUNT"] = _OMP_SPIN
-    return f"GOMP_SPINCOUNT={_OMP_SPIN}"
 
 
 def _find_blas():
@@ -163,17 +127,16 @@ def set_blas_threads(n: int) -> bool:
 
 def configure() -> dict:
     """Apply the threading rule once (idempotent); returns what it decided and why."""
-    global _configured
+    global _configured, _threads
     if _configured is not None:
         return _configured
     done = {}
     cap = os.environ.get("DLX_NUM_THREADS")
-    want = min(usable_cores(), numba.config.NUMBA_NUM_THREADS)
+    want = usable_cores()
     if cap:
         want = max(1, min(want, int(cap)))
-    done["omp_spin"] = _limit_omp_spin()  # before the first parallel kernel loads libgomp
-    numba.set_num_threads(want)
-    done["numba_threads"] = want
+    _threads = want
+    done["threads"] = want
     user = [name for name in _BLAS_ENV if os.environ.get(name)]
     if os.environ.get("DLX_BLAS_THREADS"):
         ok = set_blas_threads(int(os.environ["DLX_BLAS_THREADS"]))
@@ -186,12 +149,23 @@ def configure() -> dict:
     return done
 
 
+def num_threads() -> int:
+    """How many threads dlx's CPU kernels and GEMMs use (``configure``; 1 before it)."""
+    return _threads
+
+
+def set_num_threads(n: int) -> int:
+    """Use ``n`` threads from now on (e.g. 1 while running thousands of tiny kernels, whose
+    hand-over costs more than their work); returns the previous count."""
+    global _threads
+    if int(n) < 1:
+        raise ValueError(f"set_num_threads: need at least 1 thread, got {n}")
+    previous, _threads = _threads, int(n)
+    return previous
+
+
 def threading_info() -> dict:
-    """Numba's threading layer and threads, the BLAS and its threads, for ``dlx info``."""
-    try:
-        layer = numba.threading_layer()
-    except ValueError:  # no parallel kernel has run yet
-        layer = f"{numba.config.THREADING_LAYER} (not started yet)"
+    """dlx's threads, the BLAS and its threads, for ``dlx info``."""
     blas = _find_blas()
     try:
         build = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
@@ -200,8 +174,7 @@ def threading_info() -> dict:
         blas_build = None
     return {
         "cpu_cores": usable_cores(),
-        "numba_threading_layer": layer,
-        "numba_threads": numba.get_num_threads(),
+        "threads": num_threads(),
         "blas": blas_build or (blas[0] if blas else "unknown"),
         "blas_library": blas[0] if blas else None,
         "blas_config": blas[3] if blas else None,
@@ -210,19 +183,109 @@ def threading_info() -> dict:
     }
 
 
+class _Worker:
+    """A thread that runs one task at a time, handed over and back with two locks: a round
+    trip costs ~13 us here, against ~31 us for a ThreadPoolExecutor future (an empty nogil
+    kernel over two threads, median of 2,000 calls, quiet 2-core VM, 2026-12-01), and a LeNet-5
+    step makes about twenty such calls."""
+
+    def __init__(self, index: int):
+        self._go, self._done = threading.Lock(), threading.Lock()
+        self._go.acquire()
+        self._done.acquire()
+        self._task = self._error = None
+        threading.Thread(target=self._loop, name=f"dlx-cpu-{index}", daemon=True).start()
+
+    def _loop(self):
+        while True:
+            self._go.acquire()  # sleeps until start()
+            fn, args = self._task
+            self._task = None
+            try:
+                fn(*args)
+            except BaseException as error:  # handed to the caller by wait()
+                self._error = error
+            # drop the arrays now: held until the next task, they kept NumPy from reusing
+            # their memory (1,932 fresh pages faulted in per LeNet-5 step, 8.4 -> 11.9 ms)
+            del fn, args
+            self._done.release()
+
+    def start(self, fn, args):
+        self._task = (fn, args)
+        self._go.release()
+
+    def wait(self):
+        """Block until the task is done; its exception, or None."""
+        self._done.acquire()
+        error, self._error = self._error, None
+        return error
+
+
+_workers: list[_Worker] = []
+_busy = threading.Lock()  # held while the workers run one caller's parts
+
+
+def _forget_workers():  # in a forked child: the threads did not come along
+    global _busy
+    _workers.clear()
+    _busy = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_workers)
+
+
+def _run_parts(parts):
+    """Run ``fn(*args)`` for every (fn, args) in ``parts``: the first on the calling thread,
+    the others on the workers at the same time; raise the first part's exception, else the
+    first worker's, once all are done. When the workers are busy with another caller's
+    parts (another Python thread), or from inside a part, the parts run one after another
+    here instead."""
+    if len(parts) == 1 or not _busy.acquire(blocking=False):
+        for fn, args in parts:
+            fn(*args)
+        return
+    try:
+        while len(_workers) < len(parts) - 1:
+            _workers.append(_Worker(len(_workers) + 1))
+        used = _workers[: len(parts) - 1]
+        for worker, (fn, args) in zip(used, parts[1:]):
+            worker.start(fn, args)
+        try:
+            fn, args = parts[0]
+            fn(*args)
+        finally:
+            errors = [worker.wait() for worker in used]
+        for error in errors:
+            if error is not None:
+                raise error
+    finally:
+        _busy.release()
+
+
+def parallel_for(kernel, n, *args):
+    """``kernel(lo, hi, *args)`` for the blocks [n*p//P, n*(p+1)//P) of range(n), P = the
+    thread count (at most n), all at the same time: block 0 on the calling thread, the others
+    on dlx's worker threads. The kernels are Numba functions compiled ``nogil``, so the
+    blocks run in parallel; an exception in any block is raised here once all have finished."""
+    P = min(_threads, n)
+    if P < 1:
+        return
+    _run_parts([(kernel, (n * p // P, n * (p + 1) // P, *args)) for p in range(P)])
+
+
 def parallel_matmul(a, b, out=None):
-    """``a @ b`` for 2-D arrays (M, K) @ (K, N), split over Numba's thread count in Python
-    threads: the columns of b when N >= M, else the rows of a.
+    """``a @ b`` for 2-D arrays (M, K) @ (K, N), split over dlx's threads (those of
+    ``parallel_for``): the columns of b when N >= M, else the rows of a.
 
     With the BLAS on one thread (the rule above), this is how large GEMMs still use every
-    core: NumPy releases the GIL inside matmul, and idle Python threads sleep instead of
-    spinning, so nothing is left competing with the Numba kernels. Splitting the larger side
+    core: NumPy releases the GIL inside matmul, and idle workers sleep instead of
+    spinning, so nothing is left competing with the kernels that follow. Splitting the larger side
     matters: every thread packs the whole of the operand it does not split, so a row split of
     (128, 1024) @ (1024, 3136) packed the 12.8 MB b twice and ran slower than one thread.
     Each output element is one BLAS dot product over all of K either way.
     """
-    global _pool, _pool_workers
-    P = numba.get_num_threads()
+    P = _threads
     M, N = a.shape[0], b.shape[1]
     if a.shape[1] == 1:  # an outer product: each element is one product, exactly BLAS's, but
         # OpenBLAS runs K=1 at ~1 GMAC/s (0.58 ms for a DCGAN's (64, 1) @ (1, 6272))
@@ -230,10 +293,6 @@ def parallel_matmul(a, b, out=None):
     if P < 2 or max(M, N) < 2 * P or M * a.shape[1] * N < _SPLIT_MIN_MACS \
             or blas_threads() != 1:  # small, or a multithreaded BLAS splits the work itself
         return np.matmul(a, b, out=out)
-    with _pool_lock:
-        if _pool_workers < P:
-            _pool = ThreadPoolExecutor(max_workers=P, thread_name_prefix="dlx-matmul")
-            _pool_workers = P
     if out is None:
         out = np.empty((M, N), dtype=np.result_type(a, b))
     by_cols = N >= M
@@ -241,13 +300,11 @@ def parallel_matmul(a, b, out=None):
     # column blocks rounded to 16 (whole vectors, so BLAS's edge kernels stay off the seams)
     bounds = [min(S, (S * p // P + 15) // 16 * 16) if by_cols else S * p // P for p in range(P)] + [S]
 
-    def part(p):
-        lo, hi = bounds[p], bounds[p + 1]
+    def part(lo, hi):
         if by_cols:
             np.matmul(a, b[:, lo:hi], out=out[:, lo:hi])
         else:
             np.matmul(a[lo:hi], b, out=out[lo:hi])
 
-    for future in [_pool.submit(part, p) for p in range(P)]:
-        future.result()
+    _run_parts([(part, (lo, hi)) for lo, hi in zip(bounds, bounds[1:])])
     return out

@@ -36,7 +36,9 @@ def info() -> dict:
                                                    ("cuda", gpu.get("available"))) if usable]
     out["devices"] = ", ".join(devices)
     out["cuda"] = gpu
-    out["cpu threads"] = device_info("cpu")["threads"]
+    cpu = device_info("cpu")
+    out["cpu threads"] = cpu["threads"]
+    out["cpu malloc"] = cpu.get("malloc")
     return out
 
 
