@@ -15,6 +15,7 @@ Max pooling must match exactly (values and argmax; inputs are tie-free permutati
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -666,3 +667,24 @@ def test_cpu_fused_batch_norm_matches_the_xp_formulas(monkeypatch, shape, affine
         if got is not None:
             assert got.dtype == np.float32
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("env,want", [
+    ({}, "mmap threshold 32 MiB, trim threshold 64 MiB"),
+    ({"MALLOC_TRIM_THRESHOLD_": "1000000"}, "left to MALLOC_TRIM_THRESHOLD_"),
+])
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc's mallopt only")
+def test_cpu_backend_keeps_freed_memory_unless_the_user_tuned_malloc(env, want):
+    """The CPU backend sets glibc's mmap and trim thresholds when it starts (a fresh process),
+    reports it in its info, and leaves them to a user who set a MALLOC_* variable."""
+    import subprocess
+
+    code = ("import dlx\n"
+            "from dlx._device import Device\n"
+            "Device('cpu').backend\n"
+            "from dlx.backends.cpu import CPUBackend\n"
+            "print(CPUBackend.info()['malloc'])\n")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, check=True,
+                         capture_output=True, text=True).stdout.strip()
+    assert out == want
