@@ -21,6 +21,10 @@ Two methods, picked per call by ``_use_direct``:
 
 Measurements and the reasons for these choices: benchmarks/kernels_cpu.py. Accumulation
 order differs from the reference backend, so results agree to rounding.
+
+Every kernel is compiled ``nogil`` and takes ``lo, hi`` first: the block of its outer loop
+(samples, or partial sums for the weight gradient) that it computes; ``threads.parallel_for``
+runs the blocks on dlx's threads at the same time.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Max and average pooling on NumPy arrays with Numba kernels, forward and backward.
 
-One loop nest per kernel, parallel over the N*C planes. Forward kernels read a padded copy
+One loop nest per kernel, over the N*C planes in blocks ``lo, hi`` (compiled ``nogil``;
+``threads.parallel_for`` runs the blocks at the same time). Forward kernels read a padded copy
 of each plane (-inf for max, 0 for average) so the window loops need no bounds checks, and
 the common 2x2 window (LeNet) gets kernels with its size compiled in. Backward kernels clip
 each window to the real input (floor mode) and add into it.
