@@ -39,7 +39,7 @@ class relu:
 
     def backward(y, dy):
         g = get_namespace(dy).astype(y > 0, dy.dtype)
-        g *= dy  # in place: one temporary instead of two (a LeNet-5 step: 0.2 ms of 9)
+        g *= dy  # in place: one temporary fewer
         return (g,)
 
 
