@@ -389,6 +389,14 @@ def test_parallel_for_runs_every_block_once_and_raises_a_blocks_error():
 
         with pytest.raises(ValueError, match="block 3"):
             threads.parallel_for(fail_late, 10)
+
+        inner = []
+
+        def nested(lo, hi):  # a part that calls parallel_for again runs its blocks serially
+            threads.parallel_for(record, 4, inner)
+
+        threads.parallel_for(nested, 3)
+        assert sorted(inner) == [(0, 1), (0, 1), (0, 1), (1, 2), (1, 2), (1, 2), (2, 4), (2, 4), (2, 4)]
     finally:
         threads.set_num_threads(previous)
     with pytest.raises(ValueError, match="at least 1 thread"):
