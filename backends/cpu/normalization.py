@@ -98,7 +98,8 @@ def batch_norm_forward(x, running_mean, running_var, weight, bias, batch_stats, 
         return None
     C = x.shape[1]
     x3 = _as_ncs(x)
-    mean = np.empty(C, dtype) if batch_stats else np.ascontiguousarray(running_mean)
+    # a copy of the running mean: the context must not change when the buffer does
+    mean = np.empty(C, dtype) if batch_stats else np.array(running_mean, dtype, copy=True)
     var, invstd = np.empty(C, dtype), np.empty(C, dtype)
     if not batch_stats:
         invstd[:] = 1.0 / np.sqrt(running_var + dtype.type(eps))  # rounded as the xp code rounds
