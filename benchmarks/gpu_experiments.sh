@@ -53,7 +53,7 @@ background 12_cgan_bce "$PY" -m dlx.cli gan --dataset mnist --device cuda --epoc
     --conditional --ema 0.999 --ema-warmup --schedule cosine --data-dir .gpudata \
     --classifier examples/results/lenet5_mnist/model.npz --quiet --out "$LOGS/cgan_bce"
 
-stage 05_pytest_cuda 400 env NUMBA_NUM_THREADS=8 "$PY" -m pytest -m cuda -q -rfEs --continue-on-collection-errors --durations=10 \
+stage 05_pytest_cuda 400 env DLX_NUM_THREADS=8 "$PY" -m pytest -m cuda -q -rfEs --continue-on-collection-errors --durations=10 \
     --junitxml="$LOGS/pytest_cuda.xml"
 while [ -n "$(jobs -r)" ]; do  # pack now and then until the runs end
     sleep 15
