@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import textwrap
 
 import numpy as np
 
@@ -102,8 +103,8 @@ def save_grid(images, path, title: str = "", caption: str = "", ncols: int = 8,
     if row_labels is not None:
         ax.set_yticks([pad + r * (h + pad) + h / 2 for r in range(nrows)])
         ax.set_yticklabels(list(row_labels)[:nrows], fontsize=12)
-    if title:
-        ax.set_title(title, fontsize=14)
+    if title:  # wrapped: a long title would run past the figure's edges
+        ax.set_title("\n".join(textwrap.wrap(title, 48)), fontsize=14)
     if caption:
         ax.set_xlabel(caption)
     return save_figure(fig, path, dpi=100)

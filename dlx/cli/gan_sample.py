@@ -65,7 +65,7 @@ def run(args) -> int:
     labels = dev.asarray(np.repeat(rows, args.per_digit)) if conditional else None
     images = sample(generator, z, labels=labels)
     title = (f"digits {digits}, {args.per_digit} per row" if conditional
-             else f"{n} samples (unconditional generator: --digits only sets the rows)")
+             else f"{n} samples of an unconditional generator")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     plots.save_grid(images, args.out, title=title, ncols=args.per_digit,
                     row_labels=[str(d) for d in digits] if conditional else None,
