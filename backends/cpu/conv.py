@@ -369,12 +369,18 @@ def _dy_t(dy):
     return np.ascontiguousarray(dy.reshape(n, OC, -1).transpose(1, 0, 2)).reshape(OC, -1)
 
 
+def _w_rows(w):
+    """w (OC, C, KH, KW) as (OC, KH*KW*C): its taps in im2row's column order (i, j, c)."""
+    OC = w.shape[0]
+    return np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(OC, -1)
+
+
 def _gemm_forward(x, w, b, stride, padding, dilation, OH, OW):
     N = x.shape[0]
     OC, C, KH, KW = w.shape
     T, L = C * KH * KW, OH * OW
     geo = _geometry(KH, KW, stride, dilation, OH, OW)
-    w_rows = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(OC, T)  # taps (i, j, c)
+    w_rows = _w_rows(w)
     y = np.empty((N, OC, L), dtype=x.dtype)
     for n0, n1 in _batches(N, T * L * x.itemsize):
         rows = _rows_of(x[n0:n1], padding, geo)
@@ -395,7 +401,7 @@ def _gemm_backward_data(dy, w, x_shape, stride, padding, dilation, OH, OW):
     OC, _, KH, KW = w.shape
     T, L = C * KH * KW, OH * OW
     geo = _geometry(KH, KW, stride, dilation, OH, OW)
-    w_rows = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(OC, T)
+    w_rows = _w_rows(w)
     dx = np.empty(x_shape, dtype=dy.dtype)
     for n0, n1 in _batches(N, T * L * dy.itemsize):
         rows = parallel_matmul(_dy_t(dy[n0:n1]).T, w_rows)  # (n*L, T)
