@@ -14,7 +14,7 @@ import numpy as np
 from dlx._grad_mode import no_grad
 from dlx.nn import functional as F
 
-__all__ = ["classifier_scores", "frechet_distance", "inception_score", "softmax"]
+__all__ = ["classifier_scores", "code_purity", "frechet_distance", "inception_score", "softmax"]
 
 #: Mean and std of the MNIST training pixels, as the classifier was trained with.
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -107,6 +107,19 @@ def frechet_distance(feats_a, feats_b, method: str = "auto") -> float:
     diff = mu_a - mu_b
     tr = _trace_sqrt_product(ca, cb, method)
     return float(diff @ diff + np.trace(ca) + np.trace(cb) - 2.0 * tr)
+
+
+def code_purity(codes, classes) -> float:
+    """How far each of an unsupervised generator's codes (InfoGAN) draws one class: the share
+    of samples whose class (read by a classifier) is the one most often read for their
+    code. 1.0: every code draws a single class; codes that split or share classes still
+    score high, so read it beside the class frequencies."""
+    codes, classes = np.asarray(codes).ravel(), np.asarray(classes).ravel()
+    if codes.shape != classes.shape or codes.size == 0:
+        raise ValueError(f"code_purity: codes and classes must be two equally long, non-empty "
+                         f"sequences, got {codes.shape} and {classes.shape}")
+    hits = sum(int(np.bincount(classes[codes == c]).max()) for c in np.unique(codes))
+    return hits / codes.size
 
 
 def classifier_scores(classifier, images, batch_size: int = 500, device=None):

@@ -106,6 +106,19 @@ def test_conditional_gan_step_with_hinge_and_spectral_norm(dev):
         gan_step(g, d, real, _x(dev, (4, 8), 2), g_opt, d_opt, labels=labels, loss="hinge")
 
 
+def test_infogan_step_with_codes(dev):
+    from dlx.models import InfoDCGANDiscriminator, InfoDCGANGenerator
+    from dlx.training import gan_step
+
+    dlx.manual_seed(0)
+    g = InfoDCGANGenerator(latent_dim=8, num_codes=3, channels=4, device=dev)
+    d = InfoDCGANDiscriminator(num_codes=3, channels=4, spectral_norm=True, device=dev)
+    g_opt, d_opt = optim.Adam(g.parameters(), 2e-4), optim.Adam(d.parameters(), 2e-4)
+    real, codes = dev.xp.tanh(_x(dev, (4, 1, 28, 28))), dev.asarray(np.array([1, 2, 0, 0]))
+    with no_host_sync():
+        gan_step(g, d, real, _x(dev, (4, 8), 2), g_opt, d_opt, codes=codes, loss="hinge")
+
+
 def test_the_cpu_device_cannot_guard():
     with pytest.raises(NotImplementedError, match="use the strict device"):
         with no_host_sync("cpu"):

@@ -78,6 +78,12 @@ def register(subparsers):
                    help="class-conditional DCGAN: the generator draws the digit asked for, the "
                    "discriminator judges image and label (a projection); scores add the share "
                    "of samples the classifier reads as the digit asked for")
+    g.add_argument("--info-codes", type=_number(int, 2), default=None, metavar="K",
+                   help="InfoGAN (unsupervised, no labels): the generator also takes a code, one of "
+                   "K drawn uniformly, and a head on the discriminator learns to read it back from "
+                   "the image, so each code comes to draw one kind of digit (e.g. 10)")
+    g.add_argument("--info-weight", type=_number(float, 0, strict=True), default=1.0, metavar="W",
+                   help="with --info-codes: the weight of the code's cross-entropy (default 1)")
     g.add_argument("--loss", choices=("bce", "hinge"), default="bce",
                    help="bce: non-saturating (default); hinge: the hinge loss of SNGAN")
     g.add_argument("--spectral-norm", action="store_true",
@@ -161,9 +167,15 @@ def train(args) -> int:
     if args.channels is not None and args.model != "dcgan":
         raise ValueError(f"--channels sets the DCGAN's width; the {args.model} GAN has fixed "
                          f"hidden sizes (leave --channels out)")
-    if (args.conditional or args.spectral_norm) and args.model != "dcgan":
-        raise ValueError(f"--conditional and --spectral-norm are for the DCGAN, not the "
-                         f"{args.model} GAN (use --model dcgan)")
+    if (args.conditional or args.spectral_norm or args.info_codes) and args.model != "dcgan":
+        raise ValueError(f"--conditional, --info-codes and --spectral-norm are for the DCGAN, not "
+                         f"the {args.model} GAN (use --model dcgan)")
+    if args.conditional and args.info_codes:
+        raise ValueError("--conditional (labels) and --info-codes (unsupervised codes) each give the "
+                         "generator a class input: choose one")
+    if args.info_weight != 1.0 and not args.info_codes:
+        raise ValueError(f"--info-weight {args.info_weight} weighs InfoGAN's code loss: it needs "
+                         f"--info-codes K")
     if args.limit is not None and args.limit < args.batch_size:
         raise ValueError(f"--limit {args.limit} is smaller than --batch-size "
                          f"{args.batch_size}: there would be no full batch to train on")
@@ -176,9 +188,12 @@ def train(args) -> int:
         train_set = ArrayDataset(train_set.data[:args.limit], train_set.targets[:args.limit])
     classifier = load_classifier(args.classifier, dev) if args.classifier else None
     gen_cls, disc_cls = models.GAN_MODELS[args.model]  # looked up now: float32_drift.py swaps them
+    width = {} if args.channels is None else {"channels": args.channels}
     if args.conditional:
         gen_cls, disc_cls = models.ConditionalDCGANGenerator, models.ConditionalDCGANDiscriminator
-    width = {} if args.channels is None else {"channels": args.channels}
+    elif args.info_codes:
+        gen_cls, disc_cls = models.InfoDCGANGenerator, models.InfoDCGANDiscriminator
+        width["num_codes"] = args.info_codes
     generator = gen_cls(latent_dim=args.latent_dim, device=dev, **width)
     sn = {"spectral_norm": True} if args.spectral_norm else {}
     discriminator = disc_cls(device=dev, **width, **sn)
@@ -202,9 +217,13 @@ def train(args) -> int:
 
     # Evaluation noise has its own streams, so scoring never changes the training run.
     fixed_z = dev.generator([args.seed, 3]).normal((64, args.latent_dim))
-    # conditional: the grid asks for 0..9 in turn, the scored samples for each digit equally
-    fixed_y = dev.asarray(np.arange(64) % 10) if args.conditional else None
-    eval_y = dev.asarray(np.arange(args.num_eval) % 10) if args.conditional else None
+    # conditional: the grid asks for 0..9 in turn, the scored samples for each digit equally;
+    # InfoGAN: the grid shows the codes in turn, the scored samples draw them uniformly
+    fixed_y = eval_y = None
+    if args.conditional:
+        fixed_y, eval_y = dev.asarray(np.arange(64) % 10), dev.asarray(np.arange(args.num_eval) % 10)
+    elif args.info_codes:
+        fixed_y = dev.asarray(np.arange(64) % args.info_codes)
     real_logits, real_is = None, None
     if classifier is not None and main:
         test = MNIST(root=args.data_dir, train=False)
@@ -245,24 +264,34 @@ def train(args) -> int:
                                 title=f"epoch {epoch}",
                                 caption=(f"class-conditional {args.model} GAN on MNIST: 64 samples from "
                                          f"fixed noise, digits 0-9 asked for in turn" if args.conditional
+                                         else f"InfoGAN ({args.model}) on MNIST: 64 samples from fixed "
+                                         f"noise, codes 0-{args.info_codes - 1} in turn" if args.info_codes
                                          else f"{args.model} GAN on MNIST: 64 samples from fixed noise")
                     + (f" (weight average, decay {args.ema})" if ema is not None else ""))
             if classifier is not None:
                 z = dev.generator([args.seed, 4, epoch]).normal((args.num_eval, args.latent_dim))
+                asked = eval_y
+                if args.info_codes:  # part of the noise: drawn uniformly, as in training
+                    asked = dev.generator([args.seed, 4, epoch, 1]).integers(
+                        0, args.info_codes, (args.num_eval,))
                 for suffix, model in (("", shown), ("_live", generator if ema is not None else None)):
                     if model is None:
                         continue
                     logs["inception_score" + suffix], fake_logits = metrics.classifier_scores(
-                        classifier, sample(model, z, labels=eval_y), device=dev)
+                        classifier, sample(model, z, labels=asked), device=dev)
                     logs["frechet_distance" + suffix] = metrics.frechet_distance(fake_logits, real_logits)
-                    if eval_y is not None:  # read as the digit asked for
+                    if args.conditional:  # read as the digit asked for
                         logs["label_accuracy" + suffix] = float(np.mean(
                             np.argmax(fake_logits, axis=1) == np.arange(args.num_eval) % 10))
+                    if args.info_codes:  # how far each code draws one digit
+                        logs["code_purity" + suffix] = metrics.code_purity(
+                            dlx.to_numpy(asked), np.argmax(fake_logits, axis=1))
             report["epochs"].append(dict(logs))
             with open(os.path.join(args.out, "scores.json"), "w") as f:
                 json.dump(report, f, indent=1)
             meta = {"architecture": args.model, "dataset": args.dataset, "epoch": epoch,
                     "latent_dim": args.latent_dim, "conditional": args.conditional,
+                    "info_codes": args.info_codes,
                     "channels": args.channels or 64, "args": run_args}
             dlx.save(os.path.join(args.out, "generator.npz"), generator, g_opt, **meta)
             dlx.save(os.path.join(args.out, "discriminator.npz"), discriminator, d_opt, **meta)
@@ -273,7 +302,8 @@ def train(args) -> int:
         train_gan(generator, discriminator, loader, args.epochs, latent_dim=args.latent_dim, device=dev,
                   callback=after_epoch, progress=not args.quiet, g_optimizer=g_opt, d_optimizer=d_opt,
                   ema_generator=ema, ema_decay=args.ema or 0.999, loss=args.loss,
-                  ema_warmup=args.ema_warmup, graph=args.graph, d_steps=args.d_steps)
+                  ema_warmup=args.ema_warmup, graph=args.graph, d_steps=args.d_steps,
+                  info_weight=args.info_weight)
         if not main:
             return 0
         last = report["epochs"][-1]

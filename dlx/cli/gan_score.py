@@ -5,10 +5,13 @@ digit equally) and as many real MNIST test digits with the same classifier, and 
 writes every figure beside the real set's and their ratio: the Inception score and its two
 parts (the entropy of the classes read, at most ln 10; the mean entropy of one prediction),
 the Fréchet distance between the classifier's logits of samples and real digits, the share
-read with confidence under 0.9, and, conditional, the share read as the digit asked for.
+read with confidence under 0.9, and, conditional, the share read as the digit asked for
+(InfoGAN: the codes are drawn uniformly at random, as in training, and the share of samples
+read as their code's most frequent digit is reported as ``code_purity``).
 The samples are rounded to uint8 before they are scored, as the real digits are stored, so
 ``--samples FILE.npz`` keeps exactly what was scored (``images`` uint8 (N, 28, 28), and
-``labels``, the digits asked for, for a conditional generator): anyone can score them again
+``labels``, the digits asked for, for a conditional generator; ``codes`` for an InfoGAN
+one): anyone can score them again
 with a classifier of their own.
 """
 
@@ -31,7 +34,8 @@ def register(actions):
     s.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: DLX_DEVICE or cpu)")
     s.add_argument("--json", default=None, help="also write the figures here")
     s.add_argument("--samples", default=None, metavar="FILE.npz",
-                   help="also write the scored samples (uint8 images, and the labels asked for)")
+                   help="also write the scored samples (uint8 images, and the labels asked for or "
+                   "the InfoGAN codes drawn)")
     return s
 
 
@@ -82,9 +86,13 @@ def run(args) -> int:
         raise UsageError(f"dlx gan score: --num {args.num} is more than the {len(test)} real test "
                          f"digits it is compared with; use --num {len(test)} or fewer")
     conditional = bool(meta.get("conditional", False))
+    num_codes = int(meta.get("info_codes") or 0)
     asked = np.arange(n) % 10
     z = dev.generator([args.seed, 6]).normal((n, generator.latent_dim))
-    images = sample(generator, z, labels=dev.asarray(asked) if conditional else None)
+    codes = (dlx.to_numpy(dev.generator([args.seed, 7]).integers(0, num_codes, (n,)))
+             if num_codes else None)
+    labels = dev.asarray(asked) if conditional else None if codes is None else dev.asarray(codes)
+    images = sample(generator, z, labels=labels)
     stored = np.clip(np.rint(np.asarray(images)[:, 0] * 255.0), 0, 255).astype(np.uint8)
     _, fake_logits = metrics.classifier_scores(
         classifier, stored[:, None].astype(np.float32) / 255.0, device=dev)
@@ -92,7 +100,10 @@ def run(args) -> int:
         classifier, test.data[:n, None].astype(np.float32) / 255.0, device=dev)
     real = figures(metrics.softmax(real_logits), asked=np.asarray(test.targets[:n]))
     fake = figures(metrics.softmax(fake_logits), asked=asked if conditional else None)
+    if codes is not None:
+        fake["code_purity"] = metrics.code_purity(codes, fake_logits.argmax(axis=1))
     report = {"generator": args.checkpoint, "epoch": meta.get("epoch"), "conditional": conditional,
+              "info_codes": num_codes or None,
               "classifier": args.classifier, "num": n, "seed": args.seed,
               "generated": fake, "real_test": real,
               "inception_score_ratio": fake["inception_score"] / real["inception_score"],
@@ -101,13 +112,15 @@ def run(args) -> int:
           f"{args.classifier}, {n} samples and {n} real test digits")
     print(f"{'':22s} {'generated':>10s} {'real test':>10s}")
     for key in ("inception_score", "class_entropy", "mean_prediction_entropy", "confidence_below_0.9",
-                "read_as_asked"):
+                "read_as_asked", "code_purity"):
         if key in fake:
-            print(f"{key:22s} {fake[key]:10.4f} {real[key]:10.4f}")
+            print(f"{key:22s} {fake[key]:10.4f} {real[key]:10.4f}" if key in real
+                  else f"{key:22s} {fake[key]:10.4f}")
     print(f"IS ratio generated / real {report['inception_score_ratio']:.4f}; Fréchet distance "
           f"(logits) {report['frechet_distance']:.3f}")
     if args.samples:
-        arrays = {"images": stored, **({"labels": asked.astype(np.uint8)} if conditional else {})}
+        arrays = {"images": stored, **({"labels": asked.astype(np.uint8)} if conditional else {}),
+                  **({"codes": codes.astype(np.uint8)} if codes is not None else {})}
         _write_atomically(args.samples, lambda f: np.savez_compressed(f, **arrays))
         print(f"wrote {args.samples}: {n} samples, uint8")
     if args.json:

@@ -24,7 +24,8 @@ __all__ = ["copy_buffers_", "ema_update_", "gan_step", "sample", "train_gan"]
 
 
 def gan_step(generator, discriminator, real, z, g_optimizer, d_optimizer, loss_fn=None,
-             labels=None, loss: str = "bce", update_generator: bool = True):
+             labels=None, loss: str = "bce", update_generator: bool = True, codes=None,
+             info_weight: float = 1.0):
     """One GAN step with explicit backward: the non-saturating loss (Goodfellow et al.,
     2014; ``loss="bce"``) or the hinge loss (``loss="hinge"``, ``nn.HingeGANLoss``).
 
@@ -38,6 +39,13 @@ def gan_step(generator, discriminator, real, z, g_optimizer, d_optimizer, loss_f
     "d_real", "d_fake"}`` with d_real/d_fake the mean sigmoid of D's scores on real and fake
     images during the D step. ``update_generator=False``: the D step only (the generator
     runs without keeping anything for backward), and no "g_loss".
+
+    InfoGAN (``dlx.models.InfoDCGANGenerator`` / ``InfoDCGANDiscriminator``): with ``codes``
+    (N,) (drawn uniformly, no labels) the generator draws G(z, codes) and the discriminator's
+    output (N, 1 + K) is the score, then Q's code logits; ``info_weight`` times the
+    cross-entropy of Q(G(z, codes)) against the codes joins the discriminator's loss on the
+    fake batch and the generator's loss (Q learns nothing from real images), and
+    ``"info_loss"`` (the D step's cross-entropy) joins the figures.
     """
     if loss not in ("bce", "hinge"):
         raise ValueError(f"gan_step: loss must be 'bce' or 'hinge', got {loss!r}")
@@ -45,26 +53,46 @@ def gan_step(generator, discriminator, real, z, g_optimizer, d_optimizer, loss_f
         d_loss_fn, g_loss_fn = nn.HingeGANLoss(), nn.HingeGANLoss(role="generator")
     else:
         d_loss_fn = g_loss_fn = loss_fn or nn.BCEWithLogitsLoss()
+    if codes is not None and labels is not None:
+        raise ValueError("gan_step: give labels (class-conditional) or codes (InfoGAN), not both")
     cond = () if labels is None else (labels,)
     xp = get_namespace(real)
+    info = codes is not None
+    info_fn = nn.CrossEntropyLoss() if info else None
+
+    def score(out):  # the real/fake column of an InfoGAN discriminator's output
+        return out[:, :1] if info else out
+
+    def d_output_grad(dscore, out, with_info):  # dL/d(out): InfoGAN's Q logits get the code loss
+        if not info:
+            return dscore
+        if not with_info:  # real images: Q learns nothing from them
+            return xp.concat([dscore, xp.zeros_like(out[:, 1:])], axis=1)
+        return xp.concat([dscore, info_fn.backward() * info_weight], axis=1)
+
+    g_inputs = (z, *cond) if not info else (z, codes)
     if update_generator:
-        fake = generator(z, *cond)  # keeps what generator.backward needs in the G step below
+        fake = generator(*g_inputs)  # keeps what generator.backward needs in the G step below
     else:
         with no_grad():
-            fake = generator(z, *cond)
+            fake = generator(*g_inputs)
 
     d_optimizer.zero_grad()
     out_real = discriminator(real, *cond)
-    loss_real = d_loss_fn(out_real, xp.ones_like(out_real))
-    discriminator.backward_params(d_loss_fn.backward())
+    loss_real = d_loss_fn(score(out_real), xp.ones_like(score(out_real)))
+    discriminator.backward_params(d_output_grad(d_loss_fn.backward(), out_real, False))
     out_fake = discriminator(fake, *cond)
-    loss_fake = d_loss_fn(out_fake, xp.zeros_like(out_fake))
-    discriminator.backward_params(d_loss_fn.backward())
+    loss_fake = d_loss_fn(score(out_fake), xp.zeros_like(score(out_fake)))
+    dscore = d_loss_fn.backward()
+    info_loss = info_fn(out_fake[:, 1:], codes) if info else None
+    discriminator.backward_params(d_output_grad(dscore, out_fake, True))
     distributed.allreduce_gradients(discriminator)  # data parallel: the ranks' mean (else nothing)
     d_optimizer.step()
     d_optimizer.zero_grad()
-    d_figures = {"d_loss": loss_real + loss_fake, "d_real": xp.mean(F.sigmoid(out_real)),
-                 "d_fake": xp.mean(F.sigmoid(out_fake))}
+    d_figures = {"d_loss": loss_real + loss_fake, "d_real": xp.mean(F.sigmoid(score(out_real))),
+                 "d_fake": xp.mean(F.sigmoid(score(out_fake)))}
+    if info:
+        d_figures["info_loss"] = info_loss
     if not update_generator:
         return d_figures
 
@@ -72,8 +100,11 @@ def gan_step(generator, discriminator, real, z, g_optimizer, d_optimizer, loss_f
     discriminator.requires_grad_(False)
     try:
         out = discriminator(fake, *cond)
-        g_loss = g_loss_fn(out, xp.ones_like(out))  # non-saturating: maximise log D(G(z))
-        dfake = discriminator.backward(g_loss_fn.backward())
+        g_loss = g_loss_fn(score(out), xp.ones_like(score(out)))  # non-saturating: maximise log D(G(z))
+        dscore = g_loss_fn.backward()
+        if info:
+            info_fn(out[:, 1:], codes)
+        dfake = discriminator.backward(d_output_grad(dscore, out, True))
     finally:
         discriminator.requires_grad_(True)
     generator.backward_params(dfake)
@@ -103,14 +134,16 @@ def train_gan(generator, discriminator, loader, epochs: int, lr: float = 2e-4,
               betas=(0.5, 0.999), latent_dim: int | None = None, device=None, callback=None,
               progress: bool = True, g_optimizer=None, d_optimizer=None, ema_generator=None,
               ema_decay: float = 0.999, loss: str = "bce", ema_warmup: bool = False,
-              graph: bool = False, d_steps: int = 1) -> dict:
+              graph: bool = False, d_steps: int = 1, info_weight: float = 1.0) -> dict:
     """Train a GAN for ``epochs`` epochs over ``loader`` (batches ``(x, y)`` or ``x``, images
     in the generator's output range, [-1, 1]) with Adam(lr, betas) for both networks
     (or the optimizers given). Noise z ~ N(0, 1) of size ``latent_dim`` (default
     ``generator.latent_dim``) is drawn from the device's dlx generator (``dlx.manual_seed``).
     ``loss``: "bce" (non-saturating) or "hinge" (see ``gan_step``). A class-conditional
     generator (one with ``num_classes``) is given the batch's labels, and so is the
-    discriminator.
+    discriminator. InfoGAN (a discriminator with ``num_codes``, ``InfoDCGANDiscriminator``):
+    every step draws the codes uniformly beside the noise from the same generator, labels are
+    ignored, and the code loss (weight ``info_weight``) is trained and logged as "info_loss".
 
     ``callback(epoch, logs)`` (epoch 1-based) runs after each epoch and may add entries to
     ``logs`` (sample grids, scores); returning True stops training. Returns the history:
@@ -156,7 +189,12 @@ def train_gan(generator, discriminator, loader, epochs: int, lr: float = 2e-4,
     d_optimizer = d_optimizer or optim.Adam(discriminator.parameters(), lr=lr, betas=betas)
     loss_fn = nn.BCEWithLogitsLoss()
     dtype = generator.dtype or "float32"
-    conditional = getattr(generator, "num_classes", None) is not None
+    num_codes = getattr(discriminator, "num_codes", None)
+    if num_codes is not None and getattr(generator, "num_codes", None) != num_codes:
+        raise ValueError(f"train_gan: the discriminator reads {num_codes} InfoGAN codes but the "
+                         f"generator takes {getattr(generator, 'num_codes', None)}; build both with "
+                         f"the same num_codes")
+    conditional = num_codes is None and getattr(generator, "num_classes", None) is not None
     progress = progress and distributed.is_main()
     history: dict = {}
     ema_steps = 0
@@ -164,9 +202,10 @@ def train_gan(generator, discriminator, loader, epochs: int, lr: float = 2e-4,
 
     def train_step(real, *labels, update_generator=True):
         z = rng_of(dev).normal((int(real.shape[0]), latent_dim), dtype=dtype)
+        codes = None if num_codes is None else rng_of(dev).integers(0, num_codes, (int(real.shape[0]),))
         out = gan_step(generator, discriminator, real, z, g_optimizer, d_optimizer, loss_fn,
                        labels=labels[0] if labels else None, loss=loss,
-                       update_generator=update_generator)
+                       update_generator=update_generator, codes=codes, info_weight=info_weight)
         for k, v in out.items():
             if k not in sums:  # the first (eager) step makes them
                 sums[k] = dev.xp.zeros_like(v)
@@ -179,6 +218,7 @@ def train_gan(generator, discriminator, loader, epochs: int, lr: float = 2e-4,
     step_fn = compile_step(train_step, graph=captured)  # D and G
     d_step_fn = compile_step(d_only_step, graph=captured)  # D alone (d_steps > 1)
     counts: dict = {}  # steps that added to each sum this epoch (host counts)
+    d_keys = ("d_loss", "d_real", "d_fake") + (("info_loss",) if num_codes is not None else ())
     for epoch in range(1, epochs + 1):
         generator.train()
         discriminator.train()
@@ -194,7 +234,7 @@ def train_gan(generator, discriminator, loader, epochs: int, lr: float = 2e-4,
             n = int(real.shape[0])
             g_update = (steps + 1) % d_steps == 0
             (step_fn if g_update else d_step_fn)(real, *labels)
-            for k in ("d_loss", "d_real", "d_fake") + (("g_loss",) if g_update else ()):
+            for k in d_keys + (("g_loss",) if g_update else ()):
                 counts[k] = counts.get(k, 0) + 1
             if ema_generator is not None and g_update:
                 decay = min(ema_decay, (1 + ema_steps) / (10 + ema_steps)) if ema_warmup else ema_decay
