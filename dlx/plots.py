@@ -105,6 +105,6 @@ def save_grid(images, path, title: str = "", caption: str = "", ncols: int = 8,
         ax.set_yticklabels(list(row_labels)[:nrows], fontsize=12)
     if title:  # wrapped: a long title would run past the figure's edges
         ax.set_title("\n".join(textwrap.wrap(title, 48)), fontsize=14)
-    if caption:
-        ax.set_xlabel(caption)
+    if caption:  # wrapped too, narrower than the figure: the row labels push the axes right
+        ax.set_xlabel("\n".join(textwrap.wrap(caption, 72)))
     return save_figure(fig, path, dpi=100)

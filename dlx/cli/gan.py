@@ -216,14 +216,16 @@ def train(args) -> int:
                       for o in (g_opt, d_opt)]
 
     # Evaluation noise has its own streams, so scoring never changes the training run.
-    fixed_z = dev.generator([args.seed, 3]).normal((64, args.latent_dim))
+    # InfoGAN: 8 samples of each code, one row per code; else 64 samples
+    grid_size = 8 * args.info_codes if args.info_codes else 64
+    fixed_z = dev.generator([args.seed, 3]).normal((grid_size, args.latent_dim))
     # conditional: the grid asks for 0..9 in turn, the scored samples for each digit equally;
-    # InfoGAN: the grid shows the codes in turn, the scored samples draw them uniformly
+    # InfoGAN: the grid shows each code in a row, the scored samples draw them uniformly
     fixed_y = eval_y = None
     if args.conditional:
         fixed_y, eval_y = dev.asarray(np.arange(64) % 10), dev.asarray(np.arange(args.num_eval) % 10)
     elif args.info_codes:
-        fixed_y = dev.asarray(np.arange(64) % args.info_codes)
+        fixed_y = dev.asarray(np.repeat(np.arange(args.info_codes), 8))
     real_logits, real_is = None, None
     if classifier is not None and main:
         test = MNIST(root=args.data_dir, train=False)
@@ -264,10 +266,12 @@ def train(args) -> int:
                                 title=f"epoch {epoch}",
                                 caption=(f"class-conditional {args.model} GAN on MNIST: 64 samples from "
                                          f"fixed noise, digits 0-9 asked for in turn" if args.conditional
-                                         else f"InfoGAN ({args.model}) on MNIST: 64 samples from fixed "
-                                         f"noise, codes 0-{args.info_codes - 1} in turn" if args.info_codes
+                                         else f"InfoGAN ({args.model}) on MNIST: 8 samples of each code "
+                                         f"from fixed noise" if args.info_codes
                                          else f"{args.model} GAN on MNIST: 64 samples from fixed noise")
-                    + (f" (weight average, decay {args.ema})" if ema is not None else ""))
+                    + (f" (weight average, decay {args.ema})" if ema is not None else ""),
+                                row_labels=[f"code {k}" for k in range(args.info_codes)]
+                                if args.info_codes else None)
             if classifier is not None:
                 z = dev.generator([args.seed, 4, epoch]).normal((args.num_eval, args.latent_dim))
                 asked = eval_y
