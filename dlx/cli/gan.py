@@ -84,6 +84,11 @@ def register(subparsers):
                    "the image, so each code comes to draw one kind of digit (e.g. 10)")
     g.add_argument("--info-weight", type=_number(float, 0, strict=True), default=1.0, metavar="W",
                    help="with --info-codes: the weight of the code's cross-entropy (default 1)")
+    g.add_argument("--clusters", type=_number(int, 2), default=None, metavar="K",
+                   help="cluster-conditioned (self-conditioned) GAN, no labels used: the training "
+                   "images are grouped into K k-means clusters of their pixels, and the class-"
+                   "conditional DCGAN learns to draw each cluster; samples draw a cluster with "
+                   "its share of the training images (e.g. 50)")
     g.add_argument("--loss", choices=("bce", "hinge"), default="bce",
                    help="bce: non-saturating (default); hinge: the hinge loss of SNGAN")
     g.add_argument("--spectral-norm", action="store_true",
@@ -118,6 +123,33 @@ def _betas(text):
     if len(parts) != 2:
         raise argparse.ArgumentTypeError(f"expected two numbers B1,B2 (e.g. 0.5,0.999), got {text!r}")
     return tuple(_unit_interval(part.strip()) for part in parts)
+
+
+def _clustered(train_set, k, seed):
+    """(the training set with its images' k-means cluster indices as targets, a summary)."""
+    import numpy as np
+
+    from dlx.data import ArrayDataset
+    from dlx.data.cluster import kmeans
+    from dlx.metrics import code_purity
+
+    t0 = time.perf_counter()
+    images = np.asarray(train_set.data)
+    _, cluster_of = kmeans(images.reshape(len(images), -1).astype(np.float32) / 255.0, k, seed=seed)
+    sizes = np.bincount(cluster_of, minlength=k)
+    summary = {"k": k, "seed": seed, "time_s": time.perf_counter() - t0, "sizes": sizes.tolist(),
+               "frequencies": (sizes / sizes.sum()).tolist(),
+               # how far the clusters follow the digits: reported, never used in training
+               "label_purity": code_purity(cluster_of, train_set.targets)}
+    return ArrayDataset(images, cluster_of), summary
+
+
+def draw_clusters(frequencies, n, seed):
+    """n cluster indices (host int64), each drawn with its frequency (seeded NumPy draw)."""
+    import numpy as np
+
+    p = np.asarray(frequencies, dtype=np.float64)
+    return np.random.default_rng(seed).choice(len(p), size=n, p=p / p.sum()).astype(np.int64)
 
 
 def load_classifier(path, dev):
@@ -167,12 +199,13 @@ def train(args) -> int:
     if args.channels is not None and args.model != "dcgan":
         raise ValueError(f"--channels sets the DCGAN's width; the {args.model} GAN has fixed "
                          f"hidden sizes (leave --channels out)")
-    if (args.conditional or args.spectral_norm or args.info_codes) and args.model != "dcgan":
-        raise ValueError(f"--conditional, --info-codes and --spectral-norm are for the DCGAN, not "
-                         f"the {args.model} GAN (use --model dcgan)")
-    if args.conditional and args.info_codes:
-        raise ValueError("--conditional (labels) and --info-codes (unsupervised codes) each give the "
-                         "generator a class input: choose one")
+    if (args.conditional or args.spectral_norm or args.info_codes or args.clusters) \
+            and args.model != "dcgan":
+        raise ValueError(f"--conditional, --info-codes, --clusters and --spectral-norm are for the "
+                         f"DCGAN, not the {args.model} GAN (use --model dcgan)")
+    if sum(map(bool, (args.conditional, args.info_codes, args.clusters))) > 1:
+        raise ValueError("--conditional (labels), --info-codes (unsupervised codes) and --clusters "
+                         "(k-means clusters) each give the generator a class input: choose one")
     if args.info_weight != 1.0 and not args.info_codes:
         raise ValueError(f"--info-weight {args.info_weight} weighs InfoGAN's code loss: it needs "
                          f"--info-codes K")
@@ -186,11 +219,20 @@ def train(args) -> int:
     train_set = MNIST(root=args.data_dir, train=True)
     if args.limit is not None:
         train_set = ArrayDataset(train_set.data[:args.limit], train_set.targets[:args.limit])
+    clustering = None
+    if args.clusters:  # the clusters stand in for the labels (which are left unused)
+        train_set, clustering = _clustered(train_set, args.clusters, args.seed)
+        if main:
+            print(f"k-means: {args.clusters} clusters of the {len(train_set)} training images' "
+                  f"pixels in {clustering['time_s']:.0f} s, {min(clustering['sizes'])} to "
+                  f"{max(clustering['sizes'])} images each")
     classifier = load_classifier(args.classifier, dev) if args.classifier else None
     gen_cls, disc_cls = models.GAN_MODELS[args.model]  # looked up now: float32_drift.py swaps them
     width = {} if args.channels is None else {"channels": args.channels}
-    if args.conditional:
+    if args.conditional or args.clusters:
         gen_cls, disc_cls = models.ConditionalDCGANGenerator, models.ConditionalDCGANDiscriminator
+        if args.clusters:
+            width["num_classes"] = args.clusters
     elif args.info_codes:
         gen_cls, disc_cls = models.InfoDCGANGenerator, models.InfoDCGANDiscriminator
         width["num_codes"] = args.info_codes
@@ -216,16 +258,17 @@ def train(args) -> int:
                       for o in (g_opt, d_opt)]
 
     # Evaluation noise has its own streams, so scoring never changes the training run.
-    # InfoGAN: 8 samples of each code, one row per code; else 64 samples
-    grid_size = 8 * args.info_codes if args.info_codes else 64
+    # InfoGAN: 8 samples of each code, one row per code; clusters: of the 10 largest; else 64
+    grid_rows = args.info_codes or (min(args.clusters, 10) if args.clusters else 0)
+    grid_size = 8 * grid_rows if grid_rows else 64
     fixed_z = dev.generator([args.seed, 3]).normal((grid_size, args.latent_dim))
     # conditional: the grid asks for 0..9 in turn, the scored samples for each digit equally;
     # InfoGAN: the grid shows each code in a row, the scored samples draw them uniformly
     fixed_y = eval_y = None
     if args.conditional:
         fixed_y, eval_y = dev.asarray(np.arange(64) % 10), dev.asarray(np.arange(args.num_eval) % 10)
-    elif args.info_codes:
-        fixed_y = dev.asarray(np.repeat(np.arange(args.info_codes), 8))
+    elif grid_rows:
+        fixed_y = dev.asarray(np.repeat(np.arange(grid_rows), 8))
     real_logits, real_is = None, None
     if classifier is not None and main:
         test = MNIST(root=args.data_dir, train=False)
@@ -239,7 +282,7 @@ def train(args) -> int:
         report = {"model": args.model, "dataset": args.dataset, "device": str(dev), "args": run_args,
                   "real_test": None if real_is is None else
                   {"inception_score": real_is, "num_images": len(real_logits)},
-                  "epochs": []}
+                  **({"clusters": clustering} if clustering else {}), "epochs": []}
         have_plots = plots.have_matplotlib() and main
         batch = (f"batch {args.batch_size}" if world.size == 1 else
                  f"{world.size} ranks x batch {args.batch_size} = batch {world.size * args.batch_size}")
@@ -268,16 +311,21 @@ def train(args) -> int:
                                          f"fixed noise, digits 0-9 asked for in turn" if args.conditional
                                          else f"InfoGAN ({args.model}) on MNIST: 8 samples of each code "
                                          f"from fixed noise" if args.info_codes
+                                         else f"cluster-conditioned {args.model} GAN on MNIST: 8 samples "
+                                         f"of each of the {grid_rows} largest clusters" if args.clusters
                                          else f"{args.model} GAN on MNIST: 64 samples from fixed noise")
                     + (f" (weight average, decay {args.ema})" if ema is not None else ""),
-                                row_labels=[f"code {k}" for k in range(args.info_codes)]
-                                if args.info_codes else None)
+                                row_labels=[f"{'code' if args.info_codes else 'cluster'} {k}"
+                                            for k in range(grid_rows)] if grid_rows else None)
             if classifier is not None:
                 z = dev.generator([args.seed, 4, epoch]).normal((args.num_eval, args.latent_dim))
                 asked = eval_y
                 if args.info_codes:  # part of the noise: drawn uniformly, as in training
                     asked = dev.generator([args.seed, 4, epoch, 1]).integers(
                         0, args.info_codes, (args.num_eval,))
+                elif args.clusters:  # each cluster with its share of the training images
+                    asked = dev.asarray(draw_clusters(clustering["frequencies"], args.num_eval,
+                                                      [args.seed, 4, epoch]))
                 for suffix, model in (("", shown), ("_live", generator if ema is not None else None)):
                     if model is None:
                         continue
@@ -287,7 +335,7 @@ def train(args) -> int:
                     if args.conditional:  # read as the digit asked for
                         logs["label_accuracy" + suffix] = float(np.mean(
                             np.argmax(fake_logits, axis=1) == np.arange(args.num_eval) % 10))
-                    if args.info_codes:  # how far each code draws one digit
+                    if args.info_codes or args.clusters:  # how far each code draws one digit
                         logs["code_purity" + suffix] = metrics.code_purity(
                             dlx.to_numpy(asked), np.argmax(fake_logits, axis=1))
             report["epochs"].append(dict(logs))
@@ -295,7 +343,8 @@ def train(args) -> int:
                 json.dump(report, f, indent=1)
             meta = {"architecture": args.model, "dataset": args.dataset, "epoch": epoch,
                     "latent_dim": args.latent_dim, "conditional": args.conditional,
-                    "info_codes": args.info_codes,
+                    "info_codes": args.info_codes, "clusters": args.clusters,
+                    "cluster_frequencies": clustering["frequencies"] if clustering else None,
                     "channels": args.channels or 64, "args": run_args}
             dlx.save(os.path.join(args.out, "generator.npz"), generator, g_opt, **meta)
             dlx.save(os.path.join(args.out, "discriminator.npz"), discriminator, d_opt, **meta)

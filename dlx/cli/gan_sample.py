@@ -1,6 +1,7 @@
 """``dlx gan sample CKPT``: a grid of digits drawn by a trained generator, one row per digit
 asked for (class-conditional checkpoints), one row per code (InfoGAN checkpoints: what each
-unsupervised code learned to draw), or rows of unconditional samples."""
+unsupervised code learned to draw), one row per cluster (cluster-conditioned checkpoints: the
+ten largest), or rows of unconditional samples."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ def register(actions):
                    help="generator.npz or generator_ema.npz written by dlx gan")
     s.add_argument("--digits", default="0123456789",
                    help="one row per digit asked for (conditional checkpoints; default 0123456789); "
-                   "an InfoGAN checkpoint shows one row per code, an unconditional one as many rows")
+                   "an InfoGAN checkpoint shows one row per code, a cluster-conditioned one its ten "
+                   "largest clusters, an unconditional one as many rows as digits given")
     s.add_argument("--per-digit", type=int, default=8, help="samples per row (default 8)")
     s.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     s.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: DLX_DEVICE or cpu)")
@@ -37,6 +39,9 @@ def load_generator(path, dev):
     width = {"channels": int(channels)} if channels and meta["architecture"] == "dcgan" else {}
     if meta.get("conditional", False):
         generator = models.ConditionalDCGANGenerator(latent_dim=latent, device=dev, **width)
+    elif meta.get("clusters"):
+        generator = models.ConditionalDCGANGenerator(latent_dim=latent, num_classes=int(meta["clusters"]),
+                                                     device=dev, **width)
     elif meta.get("info_codes"):
         generator = models.InfoDCGANGenerator(latent_dim=latent, num_codes=int(meta["info_codes"]),
                                               device=dev, **width)
@@ -65,6 +70,9 @@ def run(args) -> int:
     generator, meta = load_generator(args.checkpoint, dev)
     latent, conditional = generator.latent_dim, bool(meta.get("conditional", False))
     codes = int(meta.get("info_codes") or 0)
+    clusters = min(int(meta.get("clusters") or 0), 10)  # the largest ten (numbered by size)
+    kind = "code" if codes else "cluster"
+    codes = codes or clusters
     rows = ([int(d) for d in digits] if conditional else list(range(codes)) if codes
             else list(range(len(digits))))
     n = len(rows) * args.per_digit
@@ -72,9 +80,11 @@ def run(args) -> int:
     labels = dev.asarray(np.repeat(rows, args.per_digit)) if conditional or codes else None
     images = sample(generator, z, labels=labels)
     title = (f"digits {digits}, {args.per_digit} per row" if conditional
-             else f"InfoGAN: its {codes} codes (learned without labels), one per row" if codes
+             else f"InfoGAN: its {codes} codes (learned without labels), one per row"
+             if kind == "code" and codes
+             else f"the {codes} largest k-means clusters of the training images, one per row" if codes
              else f"{n} samples of an unconditional generator")
-    row_labels = ([str(d) for d in digits] if conditional else [f"code {c}" for c in rows] if codes
+    row_labels = ([str(d) for d in digits] if conditional else [f"{kind} {c}" for c in rows] if codes
                   else None)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     plots.save_grid(images, args.out, title=title, ncols=args.per_digit, row_labels=row_labels,

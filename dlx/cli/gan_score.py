@@ -6,12 +6,13 @@ writes every figure beside the real set's and their ratio: the Inception score a
 parts (the entropy of the classes read, at most ln 10; the mean entropy of one prediction),
 the Fréchet distance between the classifier's logits of samples and real digits, the share
 read with confidence under 0.9, and, conditional, the share read as the digit asked for
-(InfoGAN: the codes are drawn uniformly at random, as in training, and the share of samples
-read as their code's most frequent digit is reported as ``code_purity``).
+(InfoGAN: the codes are drawn uniformly at random, as in training; cluster-conditioned: each
+cluster with its share of the training images; the share of samples read as their code's or
+cluster's most frequent digit is reported as ``code_purity``).
 The samples are rounded to uint8 before they are scored, as the real digits are stored, so
 ``--samples FILE.npz`` keeps exactly what was scored (``images`` uint8 (N, 28, 28), and
-``labels``, the digits asked for, for a conditional generator; ``codes`` for an InfoGAN
-one): anyone can score them again
+``labels``, the digits asked for, for a conditional generator; ``codes`` or ``clusters``
+for an InfoGAN or cluster-conditioned one): anyone can score them again
 with a classifier of their own.
 """
 
@@ -91,6 +92,10 @@ def run(args) -> int:
     z = dev.generator([args.seed, 6]).normal((n, generator.latent_dim))
     codes = (dlx.to_numpy(dev.generator([args.seed, 7]).integers(0, num_codes, (n,)))
              if num_codes else None)
+    if meta.get("clusters"):  # each cluster with its share of the training images
+        from dlx.cli.gan import draw_clusters
+
+        codes = draw_clusters(meta["cluster_frequencies"], n, [args.seed, 7])
     labels = dev.asarray(asked) if conditional else None if codes is None else dev.asarray(codes)
     images = sample(generator, z, labels=labels)
     stored = np.clip(np.rint(np.asarray(images)[:, 0] * 255.0), 0, 255).astype(np.uint8)
@@ -103,7 +108,7 @@ def run(args) -> int:
     if codes is not None:
         fake["code_purity"] = metrics.code_purity(codes, fake_logits.argmax(axis=1))
     report = {"generator": args.checkpoint, "epoch": meta.get("epoch"), "conditional": conditional,
-              "info_codes": num_codes or None,
+              "info_codes": num_codes or None, "clusters": meta.get("clusters"),
               "classifier": args.classifier, "num": n, "seed": args.seed,
               "generated": fake, "real_test": real,
               "inception_score_ratio": fake["inception_score"] / real["inception_score"],
@@ -120,7 +125,8 @@ def run(args) -> int:
           f"(logits) {report['frechet_distance']:.3f}")
     if args.samples:
         arrays = {"images": stored, **({"labels": asked.astype(np.uint8)} if conditional else {}),
-                  **({"codes": codes.astype(np.uint8)} if codes is not None else {})}
+                  **({"clusters" if meta.get("clusters") else "codes": codes.astype(np.uint8)}
+                     if codes is not None else {})}
         _write_atomically(args.samples, lambda f: np.savez_compressed(f, **arrays))
         print(f"wrote {args.samples}: {n} samples, uint8")
     if args.json:
