@@ -69,23 +69,24 @@ def run(args) -> int:
     dev = dlx.device(args.device)
     generator, meta = load_generator(args.checkpoint, dev)
     latent, conditional = generator.latent_dim, bool(meta.get("conditional", False))
-    codes = int(meta.get("info_codes") or 0)
+    info_codes = int(meta.get("info_codes") or 0)
     clusters = min(int(meta.get("clusters") or 0), 10)  # the largest ten (numbered by size)
-    kind = "code" if codes else "cluster"
-    codes = codes or clusters
-    rows = ([int(d) for d in digits] if conditional else list(range(codes)) if codes
-            else list(range(len(digits))))
+    if conditional:
+        rows, title = [int(d) for d in digits], f"digits {digits}, {args.per_digit} per row"
+        row_labels = list(digits)
+    elif info_codes or clusters:
+        rows = list(range(info_codes or clusters))
+        kind = "code" if info_codes else "cluster"
+        title = (f"InfoGAN: its {info_codes} codes (learned without labels), one per row" if info_codes
+                 else f"the {clusters} largest k-means clusters of the training images, one per row")
+        row_labels = [f"{kind} {c}" for c in rows]
+    else:
+        rows, row_labels = list(range(len(digits))), None
+        title = f"{len(rows) * args.per_digit} samples of an unconditional generator"
     n = len(rows) * args.per_digit
     z = dev.generator([args.seed, 5]).normal((n, latent))
-    labels = dev.asarray(np.repeat(rows, args.per_digit)) if conditional or codes else None
+    labels = dev.asarray(np.repeat(rows, args.per_digit)) if row_labels is not None else None
     images = sample(generator, z, labels=labels)
-    title = (f"digits {digits}, {args.per_digit} per row" if conditional
-             else f"InfoGAN: its {codes} codes (learned without labels), one per row"
-             if kind == "code" and codes
-             else f"the {codes} largest k-means clusters of the training images, one per row" if codes
-             else f"{n} samples of an unconditional generator")
-    row_labels = ([str(d) for d in digits] if conditional else [f"{kind} {c}" for c in rows] if codes
-                  else None)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     plots.save_grid(images, args.out, title=title, ncols=args.per_digit, row_labels=row_labels,
                     caption=f"{os.path.basename(args.checkpoint)}, epoch {meta.get('epoch', '?')}, "

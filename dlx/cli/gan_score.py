@@ -35,8 +35,8 @@ def register(actions):
     s.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: DLX_DEVICE or cpu)")
     s.add_argument("--json", default=None, help="also write the figures here")
     s.add_argument("--samples", default=None, metavar="FILE.npz",
-                   help="also write the scored samples (uint8 images, and the labels asked for or "
-                   "the InfoGAN codes drawn)")
+                   help="also write the scored samples (uint8 images, and the labels asked for, or "
+                   "the InfoGAN codes or clusters drawn)")
     return s
 
 
