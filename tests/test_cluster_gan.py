@@ -8,9 +8,9 @@ import json
 
 import numpy as np
 import pytest
+from test_gan import score_and_rescore  # tests/test_gan.py
 
 import dlx
-from dlx import metrics
 from dlx.data.cluster import kmeans
 
 
@@ -92,17 +92,9 @@ def test_cluster_command_grid_and_judge(mnist_dir, tmp_path, capsys):
                     restore_rng=False)
     assert meta["clusters"] == 3 and meta["cluster_frequencies"] == clusters["frequencies"]
 
-    judged_path, samples = tmp_path / "judged.json", tmp_path / "samples.npz"
-    assert main(["gan", "score", str(out / "generator.npz"), "--classifier", str(clf), "--num",
-                 "30", "--data-dir", str(mnist_dir), "--json", str(judged_path), "--samples",
-                 str(samples)]) == 0
-    judged = json.loads(judged_path.read_text())
+    judged, z, again, _ = score_and_rescore(out / "generator.npz", clf, mnist_dir, tmp_path, 30)
     assert judged["clusters"] == 3 and "code_purity" in judged["generated"]
-    with np.load(samples) as z:
-        assert set(z.files) == {"images", "clusters"} and z["clusters"].max() <= 2
-        clf_model = LeNet5(in_channels=1, padding=2)
-        dlx.load(clf, clf_model, restore_rng=False)
-        again, _ = metrics.classifier_scores(clf_model, z["images"][:, None] / np.float32(255))
+    assert set(z) == {"images", "clusters"} and z["clusters"].max() <= 2
     assert again == pytest.approx(judged["generated"]["inception_score"], rel=1e-9)
     capsys.readouterr()
 

@@ -405,6 +405,24 @@ def test_gan_command_cosine_schedule(mnist_dir, tmp_path):
         assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-18)  # the end of the cosine
 
 
+def score_and_rescore(checkpoint, classifier, mnist_dir, tmp_path, num):
+    """``dlx gan score CHECKPOINT`` with --json and --samples, then the saved samples scored
+    again with the classifier: (the report, the samples file's arrays, the rescored IS, the
+    rescored logits). Rescoring exactly what was scored must give the report's IS."""
+    from dlx.cli import main
+    from dlx.models import LeNet5
+
+    report, samples = tmp_path / "judged.json", tmp_path / "samples.npz"
+    assert main(["gan", "score", str(checkpoint), "--classifier", str(classifier), "--num", str(num),
+                 "--data-dir", str(mnist_dir), "--json", str(report), "--samples", str(samples)]) == 0
+    with np.load(samples) as z:
+        arrays = {k: z[k] for k in z.files}
+    clf_model = LeNet5(in_channels=1, padding=2)
+    dlx.load(classifier, clf_model, restore_rng=False)
+    again, logits = metrics.classifier_scores(clf_model, arrays["images"][:, None] / np.float32(255))
+    return json.loads(report.read_text()), arrays, again, logits
+
+
 def test_conditional_hinge_sn_command_and_sample_grid(mnist_dir, tmp_path, capsys):
     """dlx gan --conditional --spectral-norm --loss hinge trains, scores the share of samples
     read as the digit asked for, and dlx gan sample draws one labelled row per digit."""
@@ -433,17 +451,9 @@ def test_conditional_hinge_sn_command_and_sample_grid(mnist_dir, tmp_path, capsy
     assert "not a generator written by dlx gan" in capsys.readouterr().err
 
     # the judge's verdict: samples and real test digits side by side, written whole
-    report = tmp_path / "judged.json"
-    samples = tmp_path / "samples.npz"
-    assert main(["gan", "score", str(out / "generator.npz"), "--classifier", str(clf), "--num", "20",
-                 "--data-dir", str(mnist_dir), "--json", str(report), "--samples", str(samples)]) == 0
-    judged = json.loads(report.read_text())
-    with np.load(samples) as z:  # exactly what was scored: rescoring gives the same IS
-        assert z["images"].dtype == np.uint8 and z["images"].shape == (20, 28, 28)
-        assert z["labels"].tolist() == [i % 10 for i in range(20)]
-        clf_model = LeNet5(in_channels=1, padding=2)
-        dlx.load(clf, clf_model, restore_rng=False)
-        again, _ = metrics.classifier_scores(clf_model, z["images"][:, None] / np.float32(255))
+    judged, z, again, _ = score_and_rescore(out / "generator.npz", clf, mnist_dir, tmp_path, 20)
+    assert z["images"].dtype == np.uint8 and z["images"].shape == (20, 28, 28)
+    assert z["labels"].tolist() == [i % 10 for i in range(20)]
     assert again == pytest.approx(judged["generated"]["inception_score"], rel=1e-9)
     assert judged["num"] == 20 and judged["conditional"] is True
     for key in ("inception_score", "class_entropy", "read_as_asked", "confidence_below_0.9"):

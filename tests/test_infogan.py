@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from test_gan import _torch_seq  # tests/test_gan.py: a dlx Sequential as torch.nn.Sequential
+from test_gan import _torch_seq, score_and_rescore  # tests/test_gan.py
 
 import dlx
 from dlx import metrics, optim
@@ -182,18 +182,10 @@ def test_info_command_sample_grid_and_judge(mnist_dir, tmp_path, capsys):
                     restore_rng=False)
     assert meta["info_codes"] == 4 and meta["conditional"] is False
 
-    report, samples = tmp_path / "judged.json", tmp_path / "samples.npz"
-    assert main(["gan", "score", str(out / "generator_ema.npz"), "--classifier", str(clf), "--num",
-                 "20", "--data-dir", str(mnist_dir), "--json", str(report), "--samples",
-                 str(samples)]) == 0
-    judged = json.loads(report.read_text())
+    judged, z, again, logits = score_and_rescore(out / "generator_ema.npz", clf, mnist_dir, tmp_path, 20)
     assert judged["info_codes"] == 4 and "code_purity" in judged["generated"]
-    with np.load(samples) as z:
-        assert set(z.files) == {"images", "codes"} and z["codes"].max() <= 3
-        codes = z["codes"].astype(np.int64)
-        clf_model = LeNet5(in_channels=1, padding=2)
-        dlx.load(clf, clf_model, restore_rng=False)
-        again, logits = metrics.classifier_scores(clf_model, z["images"][:, None] / np.float32(255))
+    assert set(z) == {"images", "codes"} and z["codes"].max() <= 3
+    codes = z["codes"].astype(np.int64)
     assert again == pytest.approx(judged["generated"]["inception_score"], rel=1e-9)
     assert judged["generated"]["code_purity"] == metrics.code_purity(codes, logits.argmax(1))
     assert len(set(codes.tolist())) > 1  # drawn at random, not one code
