@@ -188,19 +188,28 @@ class Backend(abc.ABC):
         """dx of shape ``x_shape`` from dy (N,OC,OH,OW)."""
 
     @abc.abstractmethod
-    def conv2d_backward_weight(self, x, dy, w_shape, stride, padding, dilation):
-        """dw of shape ``w_shape``."""
+    def conv2d_backward_weight(self, x, dy, w_shape, stride, padding, dilation, kept=None):
+        """dw of shape ``w_shape``; ``kept``: the second item of ``conv2d_forward`` for the
+        same x and geometry, or None (a backend that keeps nothing ignores it)."""
+
+    def conv2d_forward(self, x, w, b, stride, padding, dilation):
+        """(y, kept): ``conv2d``'s output, and what this backend keeps of that work for the
+        weight gradient of the same x (handed back as ``kept``), or None: this default keeps
+        nothing. The CPU backend keeps the im2row rows of x (backends/cpu/conv.py)."""
+        return self.conv2d(x, w, b, stride, padding, dilation), None
 
     def conv2d_backward_bias(self, dy):
         """db (OC,): dy summed over N, OH and OW."""
         return self.xp.sum(dy, axis=(0, 2, 3))
 
-    def conv2d_backward(self, x, w, dy, stride, padding, dilation, need_dx=True, need_db=True):
-        """(dx, dw, db) of a convolution; dx is None when ``need_dx`` is False, db when ``need_db`` is."""
+    def conv2d_backward(self, x, w, dy, stride, padding, dilation, need_dx=True, need_db=True,
+                        kept=None):
+        """(dx, dw, db) of a convolution; dx is None when ``need_dx`` is False, db when ``need_db``
+        is; ``kept`` as for ``conv2d_backward_weight``."""
         dx = None
         if need_dx:
             dx = self.conv2d_backward_data(dy, w, tuple(x.shape), stride, padding, dilation)
-        dw = self.conv2d_backward_weight(x, dy, tuple(w.shape), stride, padding, dilation)
+        dw = self.conv2d_backward_weight(x, dy, tuple(w.shape), stride, padding, dilation, kept)
         db = self.conv2d_backward_bias(dy) if need_db else None
         return dx, dw, db
 

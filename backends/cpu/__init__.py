@@ -67,6 +67,8 @@ class CPUBackend(Backend):
 
     matmul = staticmethod(threads.parallel_matmul)
     conv2d = staticmethod(conv.conv2d)
+    conv2d_forward = staticmethod(conv.conv2d_forward)
+    conv2d_backward = staticmethod(conv.conv2d_backward)
     conv2d_backward_data = staticmethod(conv.conv2d_backward_data)
     conv2d_backward_weight = staticmethod(conv.conv2d_backward_weight)
     max_pool2d = staticmethod(pooling.max_pool2d)

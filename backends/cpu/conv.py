@@ -376,13 +376,16 @@ def _w_rows(w):
 
 
 def _gemm_forward(x, w, b, stride, padding, dilation, OH, OW):
+    """(y, rows): y by im2row + GEMM, and the rows of the whole batch when they were made in
+    one piece (else None), for the weight gradient of the same x to reuse."""
     N = x.shape[0]
     OC, C, KH, KW = w.shape
     T, L = C * KH * KW, OH * OW
     geo = _geometry(KH, KW, stride, dilation, OH, OW)
     w_rows = _w_rows(w)
     y = np.empty((N, OC, L), dtype=x.dtype)
-    for n0, n1 in _batches(N, T * L * x.itemsize):
+    chunks = _batches(N, T * L * x.itemsize)
+    for n0, n1 in chunks:
         rows = _rows_of(x[n0:n1], padding, geo)
         if T < OC:  # few taps (one input channel): (OC, T) @ (T, n*L) is BLAS's better shape
             # (2.30 -> 1.68 ms on the DCGAN's first conv, one thread), then whole planes move
@@ -393,10 +396,11 @@ def _gemm_forward(x, w, b, stride, padding, dilation, OH, OW):
             y[n0:n1] = y_t
         else:
             np.add(y_t, b.reshape(OC, 1), out=y[n0:n1])
-    return y.reshape(N, OC, OH, OW)
+    return y.reshape(N, OC, OH, OW), (rows if len(chunks) == 1 else None)
 
 
-def _gemm_backward_data(dy, w, x_shape, stride, padding, dilation, OH, OW):
+def _gemm_backward_data(dy, w, x_shape, stride, padding, dilation, OH, OW, dyt):
+    """dx by GEMM + row2im; dyt = _dy_t(dy)."""
     N, C, H, W = x_shape
     OC, _, KH, KW = w.shape
     T, L = C * KH * KW, OH * OW
@@ -404,21 +408,26 @@ def _gemm_backward_data(dy, w, x_shape, stride, padding, dilation, OH, OW):
     w_rows = _w_rows(w)
     dx = np.empty(x_shape, dtype=dy.dtype)
     for n0, n1 in _batches(N, T * L * dy.itemsize):
-        rows = parallel_matmul(_dy_t(dy[n0:n1]).T, w_rows)  # (n*L, T)
+        rows = parallel_matmul(dyt[:, n0 * L:n1 * L].T, w_rows)  # (n*L, T)
         dxp = np.empty((n1 - n0, H + 2 * padding[0], W + 2 * padding[1], C), dtype=dy.dtype)
         parallel_for(_row2im, n1 - n0, rows, *geo, dxp)
         parallel_for(_crop_nchw, n1 - n0, dxp, padding[0], padding[1], dx[n0:n1])
     return dx
 
 
-def _gemm_backward_weight(x, dy, w_shape, stride, padding, dilation, OH, OW):
+def _gemm_backward_weight(x, dy, w_shape, stride, padding, dilation, OH, OW, dyt, kept):
+    """dw by GEMM over the im2row rows of x: ``kept`` when it holds them (from the forward,
+    whole batch), else gathered again per chunk; dyt = _dy_t(dy)."""
     N = x.shape[0]
     OC, C, KH, KW = w_shape
     T, L = C * KH * KW, OH * OW
-    geo = _geometry(KH, KW, stride, dilation, OH, OW)
-    dw = np.zeros((OC, T), dtype=x.dtype)
-    for n0, n1 in _batches(N, T * L * x.itemsize):
-        dw += parallel_matmul(_dy_t(dy[n0:n1]), _rows_of(x[n0:n1], padding, geo))
+    if isinstance(kept, np.ndarray) and kept.shape == (N * L, T) and kept.dtype == x.dtype:
+        dw = parallel_matmul(dyt, kept)
+    else:
+        geo = _geometry(KH, KW, stride, dilation, OH, OW)
+        dw = np.zeros((OC, T), dtype=x.dtype)
+        for n0, n1 in _batches(N, T * L * x.itemsize):
+            dw += parallel_matmul(dyt[:, n0 * L:n1 * L], _rows_of(x[n0:n1], padding, geo))
     return np.ascontiguousarray(dw.reshape(OC, KH, KW, C).transpose(0, 3, 1, 2))
 
 
@@ -427,6 +436,15 @@ def _gemm_backward_weight(x, dy, w_shape, stride, padding, dilation, OH, OW):
 
 def conv2d(x, w, b, stride, padding, dilation):
     """y (N, OC, OH, OW) = w (OC, C, KH, KW) cross-correlated with x (N, C, H, W), plus b (OC,)."""
+    return conv2d_forward(x, w, b, stride, padding, dilation)[0]
+
+
+def conv2d_forward(x, w, b, stride, padding, dilation):
+    """(y, kept): ``conv2d``, and on the im2row path the rows of x (N*OH*OW, KH*KW*C) when
+    they were made in one piece (batches under _ROWS_BYTES), for ``conv2d_backward_weight``
+    of the same x to reuse instead of gathering them again (else None). The DCGAN step
+    gathers 14 row matrices, 6 of them again for a weight gradient; reusing them costs the
+    rows' memory (12.8 MB for the discriminator's second convolution) until backward."""
     x, w, b = _check("conv2d", x, w, b)
     N, C, H, W, OC, KH, KW, OH, OW = _sizes(x.shape, w.shape, stride, padding, dilation)
     if not _use_direct(C, OC, OH, OW, stride):
@@ -438,7 +456,7 @@ def conv2d(x, w, b, stride, padding, dilation):
     y = np.empty((N, OC, OH, OW), dtype=x.dtype)
     L = _wide_length(OH, OW, Wp)
     parallel_for(_direct_forward, N, x, wt, b2, offs, int(offs.max()) + L, *padding, Hp, Wp, L, y)
-    return y
+    return y, None
 
 
 def conv2d_backward_data(dy, w, x_shape, stride, padding, dilation):
@@ -449,7 +467,7 @@ def conv2d_backward_data(dy, w, x_shape, stride, padding, dilation):
     if tuple(dy.shape) != (N, OC, OH, OW):
         raise ValueError(f"conv2d_backward_data: dy has shape {dy.shape}, expected {(N, OC, OH, OW)}")
     if not _use_direct(C, OC, OH, OW, stride):
-        return _gemm_backward_data(dy, w, x_shape, stride, padding, dilation, OH, OW)
+        return _gemm_backward_data(dy, w, x_shape, stride, padding, dilation, OH, OW, _dy_t(dy))
     Hp, Wp = H + 2 * padding[0], W + 2 * padding[1]
     wt = _zero_pad(w.reshape(OC, C, KH * KW).transpose(1, 2, 0), (2, 1, 4))  # (C2, KH*KW, OC4)
     offs = _tap_offsets(1, KH, KW, Hp, Wp, tuple(dilation))
@@ -460,15 +478,17 @@ def conv2d_backward_data(dy, w, x_shape, stride, padding, dilation):
     return dx
 
 
-def conv2d_backward_weight(x, dy, w_shape, stride, padding, dilation):
-    """dL/dw (OC, C, KH, KW) from the input x and dL/dy."""
+def conv2d_backward_weight(x, dy, w_shape, stride, padding, dilation, kept=None):
+    """dL/dw (OC, C, KH, KW) from the input x and dL/dy; ``kept``: from ``conv2d_forward`` of
+    this x, or None."""
     x, dy = _check("conv2d_backward_weight", x, dy)
     w_shape = tuple(int(s) for s in w_shape)
     N, C, H, W, OC, KH, KW, OH, OW = _sizes(x.shape, w_shape, stride, padding, dilation)
     if tuple(dy.shape) != (N, OC, OH, OW):
         raise ValueError(f"conv2d_backward_weight: dy has shape {dy.shape}, expected {(N, OC, OH, OW)}")
     if not _use_direct(C, OC, OH, OW, stride):
-        return _gemm_backward_weight(x, dy, w_shape, stride, padding, dilation, OH, OW)
+        return _gemm_backward_weight(x, dy, w_shape, stride, padding, dilation, OH, OW, _dy_t(dy),
+                                     kept)
     Hp, Wp = H + 2 * padding[0], W + 2 * padding[1]
     T = C * KH * KW
     offs = _tap_offsets(C, KH, KW, Hp, Wp, tuple(dilation), 4)
@@ -478,3 +498,20 @@ def conv2d_backward_weight(x, dy, w_shape, stride, padding, dilation):
     parallel_for(_direct_backward_weight, P, x, dy, offs, int(offs.max()) + L, *padding, Hp, Wp, L,
                  parts)
     return np.ascontiguousarray(parts.sum(axis=0)[:OC, :T]).reshape(w_shape)
+
+
+def conv2d_backward(x, w, dy, stride, padding, dilation, need_dx=True, need_db=True, kept=None):
+    """(dx, dw, db) as ``Backend.conv2d_backward``; on the im2row path dy is moved to
+    (OC, N*OH*OW) once for both GEMMs, not once each."""
+    x, w, dy = _check("conv2d_backward", x, w, dy)
+    N, C, H, W, OC, KH, KW, OH, OW = _sizes(x.shape, w.shape, stride, padding, dilation)
+    if tuple(dy.shape) != (N, OC, OH, OW):
+        raise ValueError(f"conv2d_backward: dy has shape {dy.shape}, expected {(N, OC, OH, OW)}")
+    if _use_direct(C, OC, OH, OW, stride):
+        dx = conv2d_backward_data(dy, w, x.shape, stride, padding, dilation) if need_dx else None
+        dw = conv2d_backward_weight(x, dy, w.shape, stride, padding, dilation)
+    else:
+        geometry, dyt = (stride, padding, dilation, OH, OW), _dy_t(dy)
+        dx = _gemm_backward_data(dy, w, x.shape, *geometry, dyt) if need_dx else None
+        dw = _gemm_backward_weight(x, dy, w.shape, *geometry, dyt, kept)
+    return dx, dw, (dy.sum(axis=(0, 2, 3)) if need_db else None)

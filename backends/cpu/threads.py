@@ -15,8 +15,13 @@ worker of another pool. How it came to this, measured on the 2-core dev VM:
   multiply-adds up it splits the larger output side (columns of b when N >= M, else rows of
   a) over the threads, each part one single-threaded BLAS call (DCGAN conv GEMM 128x1024 @
   1024x3136: one thread 8.7 ms, split over 2 threads 4.9 ms, OpenBLAS's own 2 threads 4.5).
-  The column split packs each half of b once and gives np.matmul's bits (each element is one
-  BLAS dot product over all of K; tests/test_kernels.py checks it bit for bit).
+  The column split packs each half of b once. The split product agrees with np.matmul to
+  float32 rounding, but not always bit for bit: OpenBLAS's Haswell kernels (AMD EPYC,
+  2026-12-01) round some rows and columns of a block computed alone differently from the
+  same ones inside the whole product (its SkylakeX kernels gave np.matmul's bits, on the
+  Intel VM of 2026-11-30), so there a product of 2^24 or more multiply-adds has last bits
+  that depend on the thread count (tests/test_kernels.py). LeNet-5's products are all
+  smaller.
 * Numba's ``parallel=True`` (2026-12-01): its omp threading layer (GNU libgomp) spins after
   every kernel too (GOMP_SPINCOUNT, 300,000 by default), which took a core from the GEMM
   that followed (DCGAN conv GEMM after its im2col: 3.3 / 6.0-7.4 ms min / median), and its
@@ -295,8 +300,12 @@ def parallel_matmul(a, b, out=None):
         out = np.empty((M, N), dtype=np.result_type(a, b))
     by_cols = N >= M
     S = N if by_cols else M
-    # column blocks rounded to 16 (whole vectors, so BLAS's edge kernels stay off the seams)
-    bounds = [min(S, (S * p // P + 15) // 16 * 16) if by_cols else S * p // P for p in range(P)] + [S]
+    # Blocks start at multiples of 48, so BLAS's edge kernels stay off the seams where they
+    # can: OpenBLAS's Haswell kernels (AMD EPYC) round the last rows of a block whose row
+    # count is not a multiple of 24 differently (a row split at 512 changed the bits of rows
+    # 504-511 against np.matmul; at 528 it did not, in a plain process); 48 covers kernels
+    # of 16 too. Bits: see the module docstring.
+    bounds = [min(S, (S * p // P + 47) // 48 * 48) for p in range(P)] + [S]
 
     def part(lo, hi):
         if by_cols:

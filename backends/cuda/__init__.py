@@ -164,7 +164,7 @@ class CUDABackend(Backend):
     def conv2d_backward_data(self, dy, w, x_shape, stride, padding, dilation):
         return self._conv.conv2d_backward_data(dy, w, x_shape, stride, padding, dilation)
 
-    def conv2d_backward_weight(self, x, dy, w_shape, stride, padding, dilation):
+    def conv2d_backward_weight(self, x, dy, w_shape, stride, padding, dilation, kept=None):
         return self._conv.conv2d_backward_weight(x, dy, w_shape, stride, padding, dilation)
 
     def conv2d_backward_bias(self, dy):

@@ -113,8 +113,9 @@ def conv2d_backward_data(dy, w, x_shape, stride, padding, dilation):
     return col2im(dcols, x_shape, KH, KW, stride, padding, dilation)
 
 
-def conv2d_backward_weight(x, dy, w_shape, stride, padding, dilation):
-    """dL/dw (OC, C, KH, KW) = sum over N and output pixels of dy x cols."""
+def conv2d_backward_weight(x, dy, w_shape, stride, padding, dilation, kept=None):
+    """dL/dw (OC, C, KH, KW) = sum over N and output pixels of dy x cols (``kept``: unused,
+    this backend keeps nothing from the forward)."""
     xp = namespace(x)
     N, C, H, W, OC, KH, KW, OH, OW = _sizes(x.shape, w_shape, stride, padding, dilation)
     cols = im2col(x, KH, KW, stride, padding, dilation)

@@ -32,15 +32,16 @@ class conv2d:
     def forward(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
         backend = device_of(weight).backend
         geometry = (stride, padding, dilation)
-        y = backend.conv2d(x, weight, bias, *geometry)
-        return y, (x, weight, bias is not None, geometry, backend)
+        y, kept = backend.conv2d_forward(x, weight, bias, *geometry)  # kept: for the dweight
+        return y, (x, weight, bias is not None, geometry, backend, kept)
 
     def backward(saved, dy, need_dx=True, need_params=True):
-        x, w, has_bias, geometry, backend = saved
+        x, w, has_bias, geometry, backend, kept = saved
         if not need_params:
             dx = backend.conv2d_backward_data(dy, w, tuple(x.shape), *geometry) if need_dx else None
             return dx, None, None
-        return backend.conv2d_backward(x, w, dy, *geometry, need_dx=need_dx, need_db=has_bias)
+        return backend.conv2d_backward(x, w, dy, *geometry, need_dx=need_dx, need_db=has_bias,
+                                       kept=kept)
 
 
 @op
@@ -64,10 +65,10 @@ class conv_transpose2d:
 
     def backward(saved, dy, need_dx=True, need_params=True):
         x, w, has_bias, geometry, backend = saved
-        dx = backend.conv2d(dy, w, None, *geometry) if need_dx else None
+        dx, kept = backend.conv2d_forward(dy, w, None, *geometry) if need_dx else (None, None)
         dw = db = None
-        if need_params:
-            dw = backend.conv2d_backward_weight(dy, x, tuple(w.shape), *geometry)
+        if need_params:  # the same convolution's weight gradient, with dy in x's role
+            dw = backend.conv2d_backward_weight(dy, x, tuple(w.shape), *geometry, kept)
             if has_bias:
                 db = get_namespace(dy).sum(dy, axis=(0, 2, 3))
         return dx, dw, db
