@@ -173,6 +173,18 @@ class Backend(abc.ABC):
         """(dx, dweight, dbias) for ``saved`` from this backend's ``batch_norm_forward``."""
         raise NotImplementedError(f"{type(self).__name__} has no fused batch norm")
 
+    # ---- fused ReLU / leaky ReLU ------------------------------------------------------------------
+    def leaky_relu_forward(self, x, negative_slope):
+        """max(x, slope * x) (0 <= slope <= 1; slope 0 is ReLU) computed by a fused kernel, or
+        None where this backend has none (this default: ``dlx.nn.functional.relu`` and
+        ``leaky_relu`` run their xp code). Same bits as that code."""
+        return None
+
+    def leaky_relu_backward(self, t, dy, negative_slope):
+        """dy where t > 0, else dy * slope (t: the leaky ReLU's input, or ReLU's output), by a
+        fused kernel, or None (this default)."""
+        return None
+
     # ---- kernels (the seam the layers call) -----------------------------------------------------
     def matmul(self, a, b):
         """a (M, K) @ b (K, N) -> (M, N), for nn.Linear; a backend may split a large product

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..base import Backend
 from ..host_random import NumpyGenerator, dtype_name
-from . import conv, memory, normalization, pooling, threads
+from . import activation, conv, memory, normalization, pooling, threads
 
 
 class CPUBackend(Backend):
@@ -45,7 +45,7 @@ class CPUBackend(Backend):
         sources changed), say that the first step waits for the compiler, so a progress bar
         at 0 % is not taken for a hang. (A run that needs one more kernel than the cache
         holds is reported after its first step, by dlx.fit.)"""
-        for module in (conv, pooling, normalization):
+        for module in (activation, conv, pooling, normalization):
             for fn in vars(module).values():
                 try:
                     if fn._cache._cache_file._load_index():  # Numba's cache index (internal API)
@@ -76,4 +76,6 @@ class CPUBackend(Backend):
     avg_pool2d = staticmethod(pooling.avg_pool2d)
     avg_pool2d_backward = staticmethod(pooling.avg_pool2d_backward)
     batch_norm_forward = staticmethod(normalization.batch_norm_forward)
+    leaky_relu_forward = staticmethod(activation.leaky_relu_forward)
+    leaky_relu_backward = staticmethod(activation.leaky_relu_backward)
     batch_norm_backward = staticmethod(normalization.batch_norm_backward)

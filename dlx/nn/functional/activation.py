@@ -8,7 +8,7 @@ stable sigmoid and the softmax are written once here; losses and applications us
 
 from __future__ import annotations
 
-from dlx._device import get_namespace
+from dlx._device import device_of, get_namespace
 from dlx.nn.functional._op import op
 
 SELU_ALPHA = 1.6732632423543772848170429916717
@@ -31,34 +31,44 @@ def softmax_parts(xp, x, dim):
 
 @op
 class relu:
-    """max(x, 0); gradient 1 where the output is positive."""
+    """max(x, 0); gradient 1 where the output is positive. (A backend may run both as fused
+    kernels, ``Backend.leaky_relu_forward`` / ``_backward`` with slope 0: the CPU's Numba.)"""
 
     def forward(x):
-        y = get_namespace(x).maximum(x, 0.0)
+        y = device_of(x).backend.leaky_relu_forward(x, 0.0)
+        if y is None:
+            y = get_namespace(x).maximum(x, 0.0)
         return y, y
 
     def backward(y, dy):
-        g = get_namespace(dy).astype(y > 0, dy.dtype)
-        g *= dy  # in place: one temporary fewer
+        g = device_of(dy).backend.leaky_relu_backward(y, dy, 0.0)
+        if g is None:
+            g = get_namespace(dy).astype(y > 0, dy.dtype)
+            g *= dy  # in place: one temporary fewer
         return (g,)
 
 
 @op
 class leaky_relu:
-    """x where x > 0, else negative_slope * x."""
+    """x where x > 0, else negative_slope * x (fused kernels as for ``relu``)."""
 
     def forward(x, negative_slope=0.01):
         xp = get_namespace(x)
         if 0.0 <= negative_slope <= 1.0:  # then the leaky ReLU is max(x, slope * x)
-            return xp.maximum(x, x * negative_slope), (x, negative_slope)
+            y = device_of(x).backend.leaky_relu_forward(x, negative_slope)
+            if y is None:
+                y = xp.maximum(x, x * negative_slope)
+            return y, (x, negative_slope)
         return xp.where(x > 0, x, x * negative_slope), (x, negative_slope)
 
     def backward(saved, dy):
         x, slope = saved
-        g = get_namespace(dy).astype(x > 0, dy.dtype)  # 1 where x > 0, then 1 or slope:
-        g *= 1.0 - slope  # in place (one temporary instead of four)
-        g += slope
-        g *= dy
+        g = device_of(dy).backend.leaky_relu_backward(x, dy, slope)
+        if g is None:
+            g = get_namespace(dy).astype(x > 0, dy.dtype)  # 1 where x > 0, then 1 or slope:
+            g *= 1.0 - slope  # in place (one temporary instead of four)
+            g += slope
+            g *= dy
         return (g,)
 
 
