@@ -1,8 +1,9 @@
 """Max and average pooling on NumPy arrays with Numba kernels, forward and backward.
 
 One loop nest per kernel, over the N*C planes in blocks ``lo, hi`` (compiled ``nogil``;
-``threads.parallel_for`` runs the blocks at the same time). Forward kernels read a padded copy
-of each plane (-inf for max, 0 for average) so the window loops need no bounds checks, and
+``threads.parallel_for`` runs the blocks at the same time). Forward kernels read padded planes
+(with padding, one copy per call: -inf for max, 0 for average) so the window loops need no
+bounds checks, and
 the common 2x2 window (LeNet) gets kernels with its size compiled in. Backward kernels clip
 each window to the real input (floor mode) and add into it.
 """
@@ -16,6 +17,11 @@ from numba import njit
 
 from ..base import pool2d_output_size
 from .threads import parallel_for
+
+# _NO_RESHAPE: the kernels take the planes as 2-D views made here, never ``x.reshape(...)``
+# inside: a reshape in a Numba kernel compiles its shape-mismatch error machinery, +0.27 s
+# for a kernel with two of them (a three-line kernel: 0.36 against 0.09 s to compile; AMD
+# EPYC VM, Numba 0.68, 2026-12-01); max pooling had three (1.14 s to compile).
 
 
 def _check(name, x):
@@ -35,18 +41,16 @@ def _sizes(x_shape, kernel, stride, padding):
     return N, C, H, W, OH, OW
 
 
-@njit(cache=True)
-def _padded_plane(xf, H, W, PH, PW, fill):
-    """Plane xf (H*W,) flat, or a flat copy of it surrounded by ``fill`` if there is padding."""
+def _padded_planes(x, PH, PW, fill):
+    """x (N, C, H, W) as planes (N*C, Hp*Wp): a view when there is no padding, else a copy
+    surrounded by ``fill`` (-inf for max, 0 for average). Padded here, not per plane inside
+    the kernels: a padding helper compiled into a kernel cost ~0.4 s of its first compile."""
+    N, C, H, W = x.shape
     if PH == 0 and PW == 0:
-        return xf
-    Wp = W + 2 * PW
-    out = np.empty((H + 2 * PH) * Wp, dtype=xf.dtype)
-    out[:] = fill
-    for h in range(H):
-        for w in range(W):  # element loops, not slice copies: see backends/cpu/conv.py
-            out[(h + PH) * Wp + PW + w] = xf[h * W + w]
-    return out
+        return x.reshape(N * C, H * W)
+    out = np.full((N * C, H + 2 * PH, W + 2 * PW), fill, dtype=x.dtype)
+    out[:, PH:PH + H, PW:PW + W] = x.reshape(N * C, H, W)
+    return out.reshape(N * C, -1)
 
 
 @functools.cache
@@ -56,23 +60,19 @@ def _max_pool_kernel(window):
     CKH, CKW = window
 
     @njit(nogil=True, cache=True)
-    def max_pool(lo, hi, x, KH, KW, SH, SW, PH, PW, y, argmax):
-        """y, argmax (N, C, OH, OW): window maxima and their flat index h*W + w.
+    def max_pool(lo, hi, xf, H, W, KH, KW, SH, SW, PH, PW, OH, OW, yf, af):
+        """yf, af (N*C, OH*OW): window maxima of the padded planes xf (N*C, Hp*Wp) and their
+        flat index h*W + w in the unpadded plane (2-D views made by the caller: _NO_RESHAPE).
 
         The first maximum in row-major window order wins and NaN counts as a maximum (PyTorch's
         rule); padding is -inf, so a window of only -inf points at its first real element.
         """
         KH = CKH if CKH else KH
         KW = CKW if CKW else KW
-        N, C, H, W = x.shape
-        OH, OW = y.shape[2], y.shape[3]
         Wp = W + 2 * PW
-        neg_inf = x.dtype.type(-np.inf)
-        xf = x.reshape(N * C, H * W)
-        yf = y.reshape(N * C, OH * OW)
-        af = argmax.reshape(N * C, OH * OW)
+        neg_inf = xf.dtype.type(-np.inf)
         for nc in range(lo, hi):
-            src = _padded_plane(xf[nc], H, W, PH, PW, neg_inf)
+            src = xf[nc]
             for oh in range(OH):
                 h0 = oh * SH - PH
                 for ow in range(OW):
@@ -114,18 +114,15 @@ def _avg_pool_kernel(window):
     CKH, CKW = window
 
     @njit(nogil=True, cache=True)
-    def avg_pool(lo, hi, x, KH, KW, SH, SW, PH, PW, count_include_pad, y):
-        """y (N, C, OH, OW): window sums (zero padding) divided by KH*KW or the real count."""
+    def avg_pool(lo, hi, xf, H, W, KH, KW, SH, SW, PH, PW, OH, OW, count_include_pad, yf):
+        """yf (N*C, OH*OW): window sums over the zero-padded planes xf (N*C, Hp*Wp) divided by
+        KH*KW or the real count."""
         KH = CKH if CKH else KH
         KW = CKW if CKW else KW
-        N, C, H, W = x.shape
-        OH, OW = y.shape[2], y.shape[3]
         Wp = W + 2 * PW
-        zero = x.dtype.type(0)
-        xf = x.reshape(N * C, H * W)
-        yf = y.reshape(N * C, OH * OW)
+        zero = xf.dtype.type(0)
         for nc in range(lo, hi):
-            src = _padded_plane(xf[nc], H, W, PH, PW, zero)
+            src = xf[nc]
             for oh in range(OH):
                 h0 = oh * SH - PH
                 for ow in range(OW):
@@ -138,7 +135,7 @@ def _avg_pool_kernel(window):
                         count = KH * KW
                     else:
                         count = (min(h0 + KH, H) - max(h0, 0)) * (min(w0 + KW, W) - max(w0, 0))
-                    yf[nc, oh * OW + ow] = s / x.dtype.type(count)
+                    yf[nc, oh * OW + ow] = s / xf.dtype.type(count)
 
     return avg_pool
 
@@ -185,8 +182,10 @@ def max_pool2d(x, kernel, stride, padding):
     N, C, H, W, OH, OW = _sizes(x.shape, kernel, stride, padding)
     y = np.empty((N, C, OH, OW), dtype=x.dtype)
     argmax = np.empty((N, C, OH, OW), dtype=np.int32)
-    parallel_for(_max_pool_kernel(_window(kernel)), N * C, x, *_geometry(kernel, stride, padding),
-                 y, argmax)
+    planes = _padded_planes(x, int(padding[0]), int(padding[1]), -np.inf)
+    parallel_for(_max_pool_kernel(_window(kernel)), N * C, planes, H, W,
+                 *_geometry(kernel, stride, padding), OH, OW, y.reshape(N * C, OH * OW),
+                 argmax.reshape(N * C, OH * OW))
     return y, argmax
 
 
@@ -210,7 +209,9 @@ def avg_pool2d(x, kernel, stride, padding, count_include_pad=True):
     N, C, H, W, OH, OW = _sizes(x.shape, kernel, stride, padding)
     y = np.empty((N, C, OH, OW), dtype=x.dtype)
     kernel_fn = _avg_pool_kernel(_window(kernel))
-    parallel_for(kernel_fn, N * C, x, *_geometry(kernel, stride, padding), bool(count_include_pad), y)
+    planes = _padded_planes(x, int(padding[0]), int(padding[1]), 0)
+    parallel_for(kernel_fn, N * C, planes, H, W, *_geometry(kernel, stride, padding),
+                 OH, OW, bool(count_include_pad), y.reshape(N * C, OH * OW))
     return y
 
 
