@@ -116,3 +116,71 @@ def test_cluster_command_refuses_a_second_class_input(mnist_dir, tmp_path, capsy
     assert main(["gan", "--clusters", "3", "--model", "mlp", "--data-dir", str(mnist_dir),
                  "--out", str(out)]) == 1
     assert "are for the DCGAN" in capsys.readouterr().err
+    assert main(["gan", "--cluster-on", "deskewed", "--data-dir", str(mnist_dir), "--out",
+                 str(out)]) == 1
+    assert "needs --clusters" in capsys.readouterr().err and not out.exists()
+
+
+def test_cluster_command_on_deskewed_pixels(mnist_dir, tmp_path, capsys):
+    from dlx.cli import main
+
+    out = tmp_path / "sgan"
+    assert main(["gan", "--clusters", "3", "--cluster-on", "deskewed", "--epochs", "1",
+                 "--batch-size", "16", "--limit", "48", "--channels", "4", "--data-dir",
+                 str(mnist_dir), "--out", str(out), "--quiet"]) == 0
+    assert "3 clusters of the 48 training images' deskewed pixels" in capsys.readouterr().out
+    clusters = json.loads((out / "scores.json").read_text())["clusters"]
+    assert clusters["on"] == "deskewed" and sum(clusters["sizes"]) == 48
+
+
+def _moments(img):
+    """(centre row, centre column, cov(x, y) / var(y)) of one image's intensity."""
+    h, w = img.shape
+    r, c = np.mgrid[:h, :w]
+    t = img.sum()
+    cy, cx = (r * img).sum() / t, (c * img).sum() / t
+    return cy, cx, ((r - cy) * (c - cx) * img).sum() / ((r - cy) ** 2 * img).sum()
+
+
+def test_deskew_stands_a_slanted_stroke_upright():
+    """A stroke slanted by 0.5 column per row (and off centre) comes out vertical, in the
+    middle column: its slant moment is 0 and every row's mass sits at column (W-1)/2."""
+    from dlx.data.cluster import deskew
+
+    img = np.zeros((21, 21), np.float32)
+    for r in range(3, 18):
+        img[r, 4 + (r - 3) // 2] = 1.0  # 0.5 column per row, integer steps
+    assert _moments(img)[2] > 0.4
+    (out,) = deskew(img[None])
+    assert out.dtype == np.float32 and out.shape == img.shape
+    cy, cx, slant = _moments(out)
+    assert abs(slant) < 0.05 and abs(cx - 10) < 0.05
+    assert out.sum() == pytest.approx(img.sum(), rel=1e-5)  # interpolation keeps the mass here
+
+
+def test_deskew_keeps_upright_centred_images_and_handles_degenerate_ones():
+    from dlx.data.cluster import deskew
+
+    upright = np.zeros((1, 9, 9), np.float32)
+    upright[0, 2:7, 4] = 1.0  # a vertical stroke in the middle column
+    upright[0, 4, 3:6] = 0.5  # symmetric about it: no slant
+    np.testing.assert_array_equal(deskew(upright), upright)
+    empty = np.zeros((2, 5, 7), np.uint8)
+    np.testing.assert_array_equal(deskew(empty), empty.astype(np.float32))
+    row = np.zeros((1, 5, 7), np.float32)
+    row[0, 2, 0:3] = 1.0  # one row: no slant to measure, only centred (mass at column 1 -> 3)
+    out = deskew(row)
+    np.testing.assert_allclose(out[0, 2], [0, 0, 1, 1, 1, 0, 0], atol=1e-6)
+    many = np.random.default_rng(0).random((9, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(deskew(many, chunk=4), deskew(many), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("images, message", [
+    (np.zeros((4, 4)), r"\(N, H, W\)"),
+    (np.full((1, 2, 2), np.nan), "NaN or infinite"),
+])
+def test_deskew_refuses_bad_input(images, message):
+    from dlx.data.cluster import deskew
+
+    with pytest.raises(ValueError, match=message):
+        deskew(images)

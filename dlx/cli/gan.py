@@ -89,6 +89,10 @@ def register(subparsers):
                    "images are grouped into K k-means clusters of their pixels, and the class-"
                    "conditional DCGAN learns to draw each cluster; samples draw a cluster with "
                    "its share of the training images (e.g. 50)")
+    g.add_argument("--cluster-on", choices=("pixels", "deskewed"), default="pixels",
+                   help="with --clusters: cluster the raw pixels (default), or the images with "
+                   "their slant removed first (dlx.data.cluster.deskew, from each image's own "
+                   "moments): clusters that follow the digits more closely")
     g.add_argument("--loss", choices=("bce", "hinge"), default="bce",
                    help="bce: non-saturating (default); hinge: the hinge loss of SNGAN")
     g.add_argument("--spectral-norm", action="store_true",
@@ -125,19 +129,24 @@ def _betas(text):
     return tuple(_unit_interval(part.strip()) for part in parts)
 
 
-def _clustered(train_set, k, seed):
-    """(the training set with its images' k-means cluster indices as targets, a summary)."""
+def _clustered(train_set, k, seed, on="pixels"):
+    """(the training set with its images' k-means cluster indices as targets, a summary);
+    ``on``: "pixels" or "deskewed" (the images straightened first; they still train as given)."""
     import numpy as np
 
     from dlx.data import ArrayDataset
-    from dlx.data.cluster import kmeans
+    from dlx.data.cluster import deskew, kmeans
     from dlx.metrics import code_purity
 
     t0 = time.perf_counter()
     images = np.asarray(train_set.data)
-    _, cluster_of = kmeans(images.reshape(len(images), -1).astype(np.float32) / 255.0, k, seed=seed)
+    points = images.astype(np.float32) / 255.0
+    if on == "deskewed":
+        points = deskew(points)
+    _, cluster_of = kmeans(points.reshape(len(images), -1), k, seed=seed)
     sizes = np.bincount(cluster_of, minlength=k)
-    summary = {"k": k, "seed": seed, "time_s": time.perf_counter() - t0, "sizes": sizes.tolist(),
+    summary = {"k": k, "seed": seed, "on": on, "time_s": time.perf_counter() - t0,
+               "sizes": sizes.tolist(),
                "frequencies": (sizes / sizes.sum()).tolist(),
                # how far the clusters follow the digits: reported, never used in training
                "label_purity": code_purity(cluster_of, train_set.targets)}
@@ -206,6 +215,9 @@ def train(args) -> int:
     if sum(map(bool, (args.conditional, args.info_codes, args.clusters))) > 1:
         raise ValueError("--conditional (labels), --info-codes (unsupervised codes) and --clusters "
                          "(k-means clusters) each give the generator a class input: choose one")
+    if args.cluster_on != "pixels" and not args.clusters:
+        raise ValueError(f"--cluster-on {args.cluster_on} chooses what --clusters K groups: it "
+                         f"needs --clusters")
     if args.info_weight != 1.0 and not args.info_codes:
         raise ValueError(f"--info-weight {args.info_weight} weighs InfoGAN's code loss: it needs "
                          f"--info-codes K")
@@ -221,10 +233,11 @@ def train(args) -> int:
         train_set = ArrayDataset(train_set.data[:args.limit], train_set.targets[:args.limit])
     clustering = None
     if args.clusters:  # the clusters stand in for the labels (which are left unused)
-        train_set, clustering = _clustered(train_set, args.clusters, args.seed)
+        train_set, clustering = _clustered(train_set, args.clusters, args.seed, args.cluster_on)
         if main:
             print(f"k-means: {args.clusters} clusters of the {len(train_set)} training images' "
-                  f"pixels in {clustering['time_s']:.0f} s, {min(clustering['sizes'])} to "
+                  f"{'deskewed ' if args.cluster_on == 'deskewed' else ''}pixels in "
+                  f"{clustering['time_s']:.0f} s, {min(clustering['sizes'])} to "
                   f"{max(clustering['sizes'])} images each")
     classifier = load_classifier(args.classifier, dev) if args.classifier else None
     gen_cls, disc_cls = models.GAN_MODELS[args.model]  # looked up now: float32_drift.py swaps them
