@@ -86,9 +86,9 @@ def register(subparsers):
                    help="with --info-codes: the weight of the code's cross-entropy (default 1)")
     g.add_argument("--clusters", type=_number(int, 2), default=None, metavar="K",
                    help="cluster-conditioned (self-conditioned) GAN, no labels used: the training "
-                   "images are grouped into K k-means clusters of their pixels, and the class-"
-                   "conditional DCGAN learns to draw each cluster; samples draw a cluster with "
-                   "its share of the training images (e.g. 50)")
+                   "images are grouped into K k-means clusters of their pixels (--cluster-on), "
+                   "and the class-conditional DCGAN learns to draw each cluster; samples draw a "
+                   "cluster with its share of the training images (e.g. 50)")
     g.add_argument("--cluster-on", choices=("pixels", "deskewed"), default="pixels",
                    help="with --clusters: cluster the raw pixels (default), or the images with "
                    "their slant removed first (dlx.data.cluster.deskew, from each image's own "
