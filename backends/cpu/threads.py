@@ -20,8 +20,8 @@ worker of another pool. How it came to this, measured on the 2-core dev VM:
   2026-12-01) round some rows and columns of a block computed alone differently from the
   same ones inside the whole product (its SkylakeX kernels gave np.matmul's bits, on the
   Intel VM of 2026-11-30), so there a product of 2^24 or more multiply-adds has last bits
-  that depend on the thread count (tests/test_kernels.py). LeNet-5's products are all
-  smaller.
+  that depend on the thread count (tests/test_kernels.py). LeNet-5's training products
+  (batch 128) are all smaller; its evaluation at batch 1000 is split.
 * Numba's ``parallel=True`` (2026-12-01): its omp threading layer (GNU libgomp) spins after
   every kernel too (GOMP_SPINCOUNT, 300,000 by default), which took a core from the GEMM
   that followed (DCGAN conv GEMM after its im2col: 3.3 / 6.0-7.4 ms min / median), and its
