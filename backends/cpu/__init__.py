@@ -76,6 +76,6 @@ class CPUBackend(Backend):
     avg_pool2d = staticmethod(pooling.avg_pool2d)
     avg_pool2d_backward = staticmethod(pooling.avg_pool2d_backward)
     batch_norm_forward = staticmethod(normalization.batch_norm_forward)
+    batch_norm_backward = staticmethod(normalization.batch_norm_backward)
     leaky_relu_forward = staticmethod(activation.leaky_relu_forward)
     leaky_relu_backward = staticmethod(activation.leaky_relu_backward)
-    batch_norm_backward = staticmethod(normalization.batch_norm_backward)

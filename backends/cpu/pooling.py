@@ -3,9 +3,8 @@
 One loop nest per kernel, over the N*C planes in blocks ``lo, hi`` (compiled ``nogil``;
 ``threads.parallel_for`` runs the blocks at the same time). Forward kernels read padded planes
 (with padding, one copy per call: -inf for max, 0 for average) so the window loops need no
-bounds checks, and
-the common 2x2 window (LeNet) gets kernels with its size compiled in. Backward kernels clip
-each window to the real input (floor mode) and add into it.
+bounds checks, and the common 2x2 window (LeNet) gets kernels with its size compiled in.
+Backward kernels clip each window to the real input (floor mode) and add into it.
 """
 
 from __future__ import annotations
