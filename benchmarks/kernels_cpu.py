@@ -29,7 +29,8 @@ Notes (prediction -> measurement -> why), float32:
   not need it: the first layer's input needs no gradient).
 * Crossover direct vs im2col+BLAS at stride 1 (batch 64, 3x3): direct wins up to C*OC=4096
   at 8x8 (5.9 vs 8.5 ms fwd) and at 128x128 channels on 16x16 (21 vs 39 ms); im2col wins for
-  128x128 on 8x8 (14 vs 24 ms) and 256x256 on 4x4 (5 vs 13 ms) -> _use_direct.
+  128x128 on 8x8 (14 vs 24 ms) and 256x256 on 4x4 (5 vs 13 ms) -> backends/cpu/conv.py
+  `_method`. Strided convolutions with few taps: see `_COLUMNS_MAX_TAPS` there.
 * Max pool: predicted memory-bound (~0.1 ms for pool1). Measured 1.3 ms; a hard-coded 2x2
   loop took 0.08 ms. Sorted input was 8x faster than random (branch mispredictions in
   ``if v > best``). Branch-free selects, a padded plane instead of bounds checks and

@@ -259,12 +259,31 @@ def test_cpu_conv_matches_reference(seed):
 
 
 @pytest.mark.parametrize("seed", range(1, 40, 2))  # stride-1 cases
-@pytest.mark.parametrize("method", ["direct", "gemm"])
-def test_cpu_conv_both_methods_at_stride_1(seed, method, monkeypatch):
-    direct = method == "direct"
-    monkeypatch.setattr(cpu_conv, "_DIRECT_MAX_C_OC", 10**9 if direct else -1)
-    monkeypatch.setattr(cpu_conv, "_DIRECT_MIN_PIXELS", 0 if direct else 10**9)
+@pytest.mark.parametrize("method", ["direct", "columns", "gemm"])
+def test_cpu_conv_every_method_at_stride_1(seed, method, monkeypatch):
+    monkeypatch.setattr(cpu_conv, "_method", lambda *geometry: method)
     check_cpu_conv(seed)
+
+
+@pytest.mark.parametrize("seed", range(0, 40, 2))  # strided cases (the direct loops need stride 1)
+@pytest.mark.parametrize("method", ["columns", "gemm"])
+def test_cpu_conv_both_strided_methods(seed, method, monkeypatch):
+    """Every strided case by both methods, whatever its number of taps (the rule sends those
+    with few taps to the columns, the others to im2row + BLAS)."""
+    monkeypatch.setattr(cpu_conv, "_method", lambda *geometry: method)
+    check_cpu_conv(seed)
+
+
+def test_cpu_conv_method_rule():
+    """Stride 1 -> direct loops (unless many channels meet a small image); strided with at
+    most _COLUMNS_MAX_TAPS taps -> columns; else im2row + BLAS."""
+    method = cpu_conv._method
+    assert method(3, 6, 5, 5, 28, 28, (1, 1)) == "direct"  # LeNet-5 conv1
+    assert method(128, 128, 3, 3, 8, 8, (1, 1)) == "gemm"
+    assert method(1, 64, 4, 4, 14, 14, (2, 2)) == "columns"  # DCGAN discriminator conv1
+    assert method(2, 64, 4, 4, 14, 14, (2, 2)) == "columns"
+    assert method(3, 64, 4, 4, 14, 14, (2, 2)) == "gemm"  # 48 taps
+    assert method(64, 128, 4, 4, 7, 7, (2, 2)) == "gemm"  # its conv2
 
 
 def check_cpu_conv(seed):
@@ -334,13 +353,15 @@ def test_cpu_conv_lenet_shapes(x_shape, w_shape):
     ((2, 64, 14, 14), (1, 64, 4, 4), (2, 2)),  # the generator's last ConvTranspose2d, as a conv
 ])
 def test_cpu_conv_dcgan_shapes(x_shape, w_shape, stride):
-    """The strided im2col path at sizes where parallel_matmul splits its GEMMs."""
+    """The DCGAN's strided convolutions at their channel counts: conv2 by im2row, with split
+    GEMMs; conv1 and the generator's last layer (16 taps) by the per-sample columns."""
     _check_cpu_conv(x_shape, w_shape, (stride, (1, 1), (1, 1)), seed=5)
 
 
 @pytest.mark.parametrize("x_shape,w_shape,stride,padding", [
     ((4, 64, 14, 14), (128, 64, 4, 4), (2, 2), (1, 1)),  # im2row: the rows are kept
-    ((3, 1, 28, 28), (64, 1, 4, 4), (2, 2), (1, 1)),  # im2row, few taps
+    ((3, 3, 28, 28), (64, 3, 4, 4), (2, 2), (1, 1)),  # im2row, few taps
+    ((3, 1, 28, 28), (64, 1, 4, 4), (2, 2), (1, 1)),  # columns: nothing is kept
     ((2, 3, 9, 9), (4, 3, 3, 3), (1, 1), (1, 1)),  # direct: nothing is kept
 ])
 @pytest.mark.parametrize("chunked", [False, True])
@@ -358,7 +379,7 @@ def test_cpu_conv_forward_keeps_rows_for_the_weight_gradient(x_shape, w_shape, s
     b = rng.standard_normal(w_shape[0]).astype(np.float32)
     y, kept = cpu_conv.conv2d_forward(x, w, b, *geo)
     np.testing.assert_array_equal(y, cpu_conv.conv2d(x, w, b, *geo))
-    gemm = stride != (1, 1)
+    gemm = cpu_conv._method(x_shape[1], w_shape[0], *w_shape[2:], *y.shape[2:], stride) == "gemm"
     assert (kept is not None) == (gemm and not chunked)
     dy = rng.standard_normal(y.shape).astype(np.float32)
     want_dx = cpu_conv.conv2d_backward_data(dy, w, x_shape, *geo)
@@ -366,7 +387,12 @@ def test_cpu_conv_forward_keeps_rows_for_the_weight_gradient(x_shape, w_shape, s
     dx, dw, db = cpu_conv.conv2d_backward(x, w, dy, *geo, kept=kept)
     np.testing.assert_array_equal(dx, want_dx)
     np.testing.assert_array_equal(dw, want_dw)
-    np.testing.assert_array_equal(db, dy.sum(axis=(0, 2, 3)))
+    if gemm or stride == (1, 1):
+        np.testing.assert_array_equal(db, dy.sum(axis=(0, 2, 3)))
+    else:  # the columns' weight-gradient pass sums dy for the bias gradient too
+        dy64 = dy.astype(np.float64)
+        assert_within_bound(db, dy64.sum(axis=(0, 2, 3)), np.abs(dy64).sum(axis=(0, 2, 3)),
+                            dy[:, 0].size)
     assert cpu_conv.conv2d_backward(x, w, dy, *geo, need_dx=False, need_db=False,
                                     kept=kept)[::2] == (None, None)
     if kept is not None:

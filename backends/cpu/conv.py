@@ -1,6 +1,6 @@
 """Convolution on NumPy arrays with Numba kernels: forward and both backwards.
 
-Two methods, picked per call by ``_use_direct``:
+Three methods, picked per call by ``_method``:
 
 * direct, for stride 1 (LeNet, and all but many channels on small images): every (C, H, W)
   sample is zero-padded to (Hp, Wp) planes and flattened, and outputs are computed "wide",
@@ -9,7 +9,13 @@ Two methods, picked per call by ``_use_direct``:
   long vectorisable axpy; the Wp - OW columns between output rows are computed and
   dropped. Each pass takes two output channels and four taps, with zero channels and taps
   padding the counts. Parallel over the batch.
-* im2row + BLAS, for strided convolutions and for many channels on small images (DCGAN):
+* columns, for strided convolutions with few taps per output (C*KH*KW <= 32: the DCGAN's
+  first convolution and its generator's last transposed one): per sample, the input under
+  every tap (c, i, j) at every output pixel is gathered into a small (taps, OH*OW) block that
+  stays in cache, and Numba multiplies it with the weight in the same two-by-four passes as
+  the direct loops, writing NCHW outputs (and gradients) with no transposes. BLAS does poorly
+  on products with so few taps (K = 16: ~23 GMAC/s).
+* im2row + BLAS, for other strided convolutions and for many channels on small images (DCGAN):
   the input is copied once to channels-last, zero-padded (N, Hp, Wp, C); then the window of
   output pixel (n, oh, ow) is KH*KW contiguous runs of C values, which Numba copies into row
   n*OH*OW + oh*OW + ow of rows (N*OH*OW, KH*KW*C), and large matmuls do the arithmetic
@@ -53,6 +59,14 @@ _FMA_SUM = {"contract", "reassoc"}
 # Direct loops beat im2col + BLAS at stride 1 unless C*OC is large and OH*OW small.
 _DIRECT_MAX_C_OC = 4096
 _DIRECT_MIN_PIXELS = 256
+# Strided convolutions with at most this many taps per output (C*KH*KW) compute each
+# sample's columns and their products in Numba, straight into NCHW; more taps go to BLAS.
+# Measured at batch 64, 4x4 stride 2, 64 output channels, one process, 2 threads (AMD EPYC,
+# 2026-12-01; im2row + BLAS -> columns, ms): 16 taps (the DCGAN's first conv, 28 -> 14):
+# forward 1.66 -> 0.55, backward-data 1.45 -> 0.45, backward-weight and bias 0.86 -> 0.45;
+# 32 taps: 2.18 -> 1.32, 1.50 -> 0.84, 1.05 -> 0.83; 64 taps: 2.37 -> 1.61, 1.98 -> 1.64,
+# 1.72 -> 2.53 (slower); 1024 taps (its second conv): 2.4-2.8x slower.
+_COLUMNS_MAX_TAPS = 32
 # im2row is done in batch chunks so that the rows stay under this many bytes.
 _ROWS_BYTES = 64 << 20
 
@@ -81,10 +95,13 @@ def _sizes(x_shape, w_shape, stride, padding, dilation):
     return N, C, H, W, OC, KH, KW, OH, OW
 
 
-def _use_direct(C, OC, OH, OW, stride):
-    """Direct loops for stride 1, unless many channels meet a small image (then the wide rows
-    and the im2col overhead tip the other way; measured in benchmarks/kernels_cpu.py)."""
-    return tuple(stride) == (1, 1) and (C * OC <= _DIRECT_MAX_C_OC or OH * OW >= _DIRECT_MIN_PIXELS)
+def _method(C, OC, KH, KW, OH, OW, stride):
+    """"direct" for stride 1, unless many channels meet a small image (then the wide rows and
+    the im2col overhead tip the other way; measured in benchmarks/kernels_cpu.py); else
+    "columns" for few taps (C*KH*KW <= _COLUMNS_MAX_TAPS), else "gemm" (im2row + BLAS)."""
+    if tuple(stride) == (1, 1) and (C * OC <= _DIRECT_MAX_C_OC or OH * OW >= _DIRECT_MIN_PIXELS):
+        return "direct"
+    return "columns" if C * KH * KW <= _COLUMNS_MAX_TAPS else "gemm"
 
 
 @functools.lru_cache(maxsize=256)
@@ -263,6 +280,225 @@ def _direct_backward_weight(lo, hi, x, dy, offs, span, ph, pw, Hp, Wp, L, parts)
                     dw[oc, t], dw[oc, t + 1], dw[oc, t + 2], dw[oc, t + 3] = s0, s1, s2, s3
                     dw[oc + 1, t], dw[oc + 1, t + 1] = r0, r1
                     dw[oc + 1, t + 2], dw[oc + 1, t + 3] = r2, r3
+
+
+# ----------------------------------------------------------------------------- columns
+# Three kernels of their own, ~4 s of first-run compile (a DCGAN's first step, cold cache:
+# 4.0-4.4 -> 8.1-8.2 s; AMD EPYC, 2026-12-01), repaid within its first epoch. Tried and
+# dropped: each sample's columns as a one-channel image of T4 rows at pitch L, fed to the
+# direct loops above (no new kernels but the gather and its adjoint): 1.7-2.3x slower than
+# these at the DCGAN's first conv (forward 1.46 against 0.86 ms, backward-data 1.58 / 0.88,
+# backward-weight and bias 1.83 / 0.81; im2row + BLAS 1.80 / 2.08 / 1.86; one process,
+# per-round minimums of 15 interleaved rounds).
+
+
+@njit(cache=True)
+def _columns(xn, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, cols):
+    """cols[(c*KH + i)*KW + j, oh*OW + ow] = xn[c, oh*SH - PH + i*DH, ow*SW - PW + j*DW], zero
+    where that is outside the image (xn is (C, H, W), unpadded); other entries of cols are not
+    touched."""
+    C, H, W = xn.shape
+    for c in range(C):
+        for i in range(KH):
+            for j in range(KW):
+                col = cols[(c * KH + i) * KW + j]
+                shift = j * DW - PW  # w = ow*SW + shift; inside for ow in [first, stop)
+                first = min(OW, max(0, -(shift // SW)))
+                stop = max(first, min(OW, (W - 1 - shift) // SW + 1))
+                for oh in range(OH):
+                    h = oh * SH - PH + i * DH
+                    base = oh * OW
+                    if h < 0 or h >= H:
+                        for ow in range(OW):
+                            col[base + ow] = 0
+                        continue
+                    row = xn[c, h]
+                    for ow in range(first):
+                        col[base + ow] = 0
+                    for ow in range(first, stop):
+                        col[base + ow] = row[ow * SW + shift]
+                    for ow in range(stop, OW):
+                        col[base + ow] = 0
+
+
+@njit(nogil=True, cache=True, fastmath=_FMA)
+def _columns_forward(lo, hi, x, wt, b, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, L, y):
+    """y (N, OC, OH*OW) = b + wt @ the columns of x[n] (``_columns``), sample by sample.
+
+    wt (OC2, T4) and b (OC2,) are zero-padded as in ``_direct_forward``; a sample's columns
+    (T4, L) have zero rows from T = C*KH*KW and zeros from position OH*OW to L (a multiple
+    of 16), so every pass is two output channels by four taps over whole vectors."""
+    OC = y.shape[1]
+    OC2, T4 = wt.shape
+    P = OH * OW
+    cols = np.zeros((T4, L), dtype=x.dtype)
+    acc = np.empty((2, L), dtype=y.dtype)
+    a0 = acc[0]
+    a1 = acc[1]
+    for n in range(lo, hi):
+        _columns(x[n], KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, cols)
+        for oc in range(0, OC2, 2):
+            a0[:] = b[oc]
+            a1[:] = b[oc + 1]
+            for t in range(0, T4, 4):
+                x0, x1, x2, x3 = cols[t], cols[t + 1], cols[t + 2], cols[t + 3]
+                u0, u1, u2, u3 = wt[oc, t], wt[oc, t + 1], wt[oc, t + 2], wt[oc, t + 3]
+                v0, v1 = wt[oc + 1, t], wt[oc + 1, t + 1]
+                v2, v3 = wt[oc + 1, t + 2], wt[oc + 1, t + 3]
+                for q in range(L):
+                    e0, e1, e2, e3 = x0[q], x1[q], x2[q], x3[q]
+                    a0[q] = (((a0[q] + u0 * e0) + u1 * e1) + u2 * e2) + u3 * e3
+                    a1[q] = (((a1[q] + v0 * e0) + v1 * e1) + v2 * e2) + v3 * e3
+            for k in range(min(2, OC - oc)):
+                a, out = acc[k], y[n, oc + k]
+                for q in range(P):
+                    out[q] = a[q]
+
+
+@njit(nogil=True, cache=True, fastmath=_FMA_SUM)
+def _columns_backward_weight(lo, hi, x, dy, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, L, parts,
+                             bias_parts):
+    """parts[p] (OC2, T4) += dy[n] (OC, OH*OW) @ the columns of x[n], transposed, and
+    bias_parts[p, oc] += the sum of dy[n, oc], over the p-th slice of the batch (one slice
+    per thread, so no two threads write one sum). Padding as in ``_columns_forward``."""
+    N, OC = x.shape[0], dy.shape[1]
+    P, OC2, T4 = parts.shape
+    S = OH * OW
+    for p in range(lo, hi):
+        cols = np.zeros((T4, L), dtype=x.dtype)
+        dyw = np.zeros((OC2, L), dtype=dy.dtype)
+        dw = parts[p]
+        for n in range(p * N // P, (p + 1) * N // P):
+            _columns(x[n], KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, cols)
+            for oc in range(OC):
+                src, dst = dy[n, oc], dyw[oc]
+                s = bias_parts[p, oc]
+                for q in range(S):
+                    v = src[q]
+                    dst[q] = v
+                    s += v
+                bias_parts[p, oc] = s
+            for oc in range(0, OC2, 2):
+                d0 = dyw[oc]
+                d1 = dyw[oc + 1]
+                for t in range(0, T4, 4):
+                    x0, x1, x2, x3 = cols[t], cols[t + 1], cols[t + 2], cols[t + 3]
+                    s0, s1, s2, s3 = dw[oc, t], dw[oc, t + 1], dw[oc, t + 2], dw[oc, t + 3]
+                    r0, r1 = dw[oc + 1, t], dw[oc + 1, t + 1]
+                    r2, r3 = dw[oc + 1, t + 2], dw[oc + 1, t + 3]
+                    for q in range(L):
+                        e0, e1 = d0[q], d1[q]
+                        f0, f1, f2, f3 = x0[q], x1[q], x2[q], x3[q]
+                        s0 += e0 * f0
+                        s1 += e0 * f1
+                        s2 += e0 * f2
+                        s3 += e0 * f3
+                        r0 += e1 * f0
+                        r1 += e1 * f1
+                        r2 += e1 * f2
+                        r3 += e1 * f3
+                    dw[oc, t], dw[oc, t + 1], dw[oc, t + 2], dw[oc, t + 3] = s0, s1, s2, s3
+                    dw[oc + 1, t], dw[oc + 1, t + 1] = r0, r1
+                    dw[oc + 1, t + 2], dw[oc + 1, t + 3] = r2, r3
+
+
+@njit(nogil=True, cache=True, fastmath=_FMA)
+def _columns_backward_data(lo, hi, dy, wt, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, L, dx):
+    """dx (N, C, H, W): the adjoint of ``_columns_forward``. Per sample, the columns'
+    gradient (two taps at a time) = wt (T2, OC4) @ dy[n] (OC4, L), two taps by four output
+    channels per pass (wt: the weight as (T, OC), zero-padded to an even T2 and OC4 a
+    multiple of 4; dy's rows from OC and positions from OH*OW zero), then each tap's
+    gradient is added back where ``_columns`` read it."""
+    OC = dy.shape[1]
+    C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
+    T2, OC4 = wt.shape
+    T = C * KH * KW
+    S = OH * OW
+    dyw = np.zeros((OC4, L), dtype=dy.dtype)
+    acc = np.empty((2, L), dtype=dx.dtype)
+    a0 = acc[0]
+    a1 = acc[1]
+    for n in range(lo, hi):
+        for oc in range(OC):
+            src, dst = dy[n, oc], dyw[oc]
+            for q in range(S):
+                dst[q] = src[q]
+        dn = dx[n]
+        dn[:] = 0
+        for t in range(0, T2, 2):
+            a0[:] = 0
+            a1[:] = 0
+            for oc in range(0, OC4, 4):
+                d0, d1, d2, d3 = dyw[oc], dyw[oc + 1], dyw[oc + 2], dyw[oc + 3]
+                u0, u1, u2, u3 = wt[t, oc], wt[t, oc + 1], wt[t, oc + 2], wt[t, oc + 3]
+                v0, v1 = wt[t + 1, oc], wt[t + 1, oc + 1]
+                v2, v3 = wt[t + 1, oc + 2], wt[t + 1, oc + 3]
+                for q in range(L):
+                    e0, e1, e2, e3 = d0[q], d1[q], d2[q], d3[q]
+                    a0[q] = (((a0[q] + u0 * e0) + u1 * e1) + u2 * e2) + u3 * e3
+                    a1[q] = (((a1[q] + v0 * e0) + v1 * e1) + v2 * e2) + v3 * e3
+            for k in range(min(2, T - t)):
+                tap = t + k
+                c, i, j = tap // (KH * KW), (tap // KW) % KH, tap % KW
+                a = acc[k]
+                shift = j * DW - PW
+                first = min(OW, max(0, -(shift // SW)))
+                stop = max(first, min(OW, (W - 1 - shift) // SW + 1))
+                for oh in range(OH):
+                    h = oh * SH - PH + i * DH
+                    if h < 0 or h >= H:
+                        continue
+                    row = dn[c, h]
+                    base = oh * OW
+                    for ow in range(first, stop):
+                        row[ow * SW + shift] += a[base + ow]
+
+
+def _columns_geometry(KH, KW, stride, padding, dilation, OH, OW):
+    return (KH, KW, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], OH, OW)
+
+
+def _columns_length(OH, OW):
+    """Positions per sample's columns: OH*OW rounded up to whole 16-float vectors."""
+    return -(-(OH * OW) // 16) * 16
+
+
+def _columns_conv_forward(x, w, b, stride, padding, dilation, OH, OW):
+    N = x.shape[0]
+    OC, C, KH, KW = w.shape
+    wt = _zero_pad(w.reshape(OC, C * KH * KW), (2, 4))
+    b2 = _zero_pad(np.zeros(OC, dtype=x.dtype) if b is None else b, (2,))
+    y = np.empty((N, OC, OH * OW), dtype=x.dtype)
+    parallel_for(_columns_forward, N, x, wt, b2,
+                 *_columns_geometry(KH, KW, stride, padding, dilation, OH, OW),
+                 _columns_length(OH, OW), y)
+    return y.reshape(N, OC, OH, OW)
+
+
+def _columns_conv_backward_data(dy, w, x_shape, stride, padding, dilation, OH, OW):
+    N, OC = dy.shape[:2]
+    _, C, KH, KW = w.shape
+    wt = _zero_pad(w.reshape(OC, C * KH * KW).T, (2, 4))  # (T2, OC4)
+    dx = np.empty(x_shape, dtype=dy.dtype)
+    parallel_for(_columns_backward_data, N, dy.reshape(N, OC, OH * OW), wt,
+                 *_columns_geometry(KH, KW, stride, padding, dilation, OH, OW),
+                 _columns_length(OH, OW), dx)
+    return dx
+
+
+def _columns_conv_backward_weight(x, dy, w_shape, stride, padding, dilation, OH, OW):
+    """(dw, db): both from one pass over the batch."""
+    N = x.shape[0]
+    OC, C, KH, KW = w_shape
+    T = C * KH * KW
+    P = max(1, min(N, num_threads()))
+    parts = np.zeros((P, OC + OC % 2, -(-T // 4) * 4), dtype=x.dtype)
+    bias_parts = np.zeros((P, OC), dtype=x.dtype)
+    parallel_for(_columns_backward_weight, P, x, dy.reshape(N, OC, OH * OW),
+                 *_columns_geometry(KH, KW, stride, padding, dilation, OH, OW),
+                 _columns_length(OH, OW), parts, bias_parts)
+    dw = np.ascontiguousarray(parts.sum(axis=0)[:OC, :T]).reshape(w_shape)
+    return dw, bias_parts.sum(axis=0)
 
 
 # ----------------------------------------------------------------------------- im2row
@@ -451,7 +687,10 @@ def conv2d_forward(x, w, b, stride, padding, dilation):
     rows' memory (12.8 MB for the discriminator's second convolution) until backward."""
     x, w, b = _check("conv2d", x, w, b)
     N, C, H, W, OC, KH, KW, OH, OW = _sizes(x.shape, w.shape, stride, padding, dilation)
-    if not _use_direct(C, OC, OH, OW, stride):
+    method = _method(C, OC, KH, KW, OH, OW, stride)
+    if method == "columns":
+        return _columns_conv_forward(x, w, b, stride, padding, dilation, OH, OW), None
+    if method == "gemm":
         return _gemm_forward(x, w, b, stride, padding, dilation, OH, OW)
     Hp, Wp = H + 2 * padding[0], W + 2 * padding[1]
     wt = _zero_pad(w.reshape(OC, C * KH * KW), (2, 4))
@@ -470,7 +709,10 @@ def conv2d_backward_data(dy, w, x_shape, stride, padding, dilation):
     N, C, H, W, OC, KH, KW, OH, OW = _sizes(x_shape, w.shape, stride, padding, dilation)
     if tuple(dy.shape) != (N, OC, OH, OW):
         raise ValueError(f"conv2d_backward_data: dy has shape {dy.shape}, expected {(N, OC, OH, OW)}")
-    if not _use_direct(C, OC, OH, OW, stride):
+    method = _method(C, OC, KH, KW, OH, OW, stride)
+    if method == "columns":
+        return _columns_conv_backward_data(dy, w, x_shape, stride, padding, dilation, OH, OW)
+    if method == "gemm":
         return _gemm_backward_data(dy, w, x_shape, stride, padding, dilation, OH, OW, _dy_t(dy))
     Hp, Wp = H + 2 * padding[0], W + 2 * padding[1]
     wt = _zero_pad(w.reshape(OC, C, KH * KW).transpose(1, 2, 0), (2, 1, 4))  # (C2, KH*KW, OC4)
@@ -490,7 +732,10 @@ def conv2d_backward_weight(x, dy, w_shape, stride, padding, dilation, kept=None)
     N, C, H, W, OC, KH, KW, OH, OW = _sizes(x.shape, w_shape, stride, padding, dilation)
     if tuple(dy.shape) != (N, OC, OH, OW):
         raise ValueError(f"conv2d_backward_weight: dy has shape {dy.shape}, expected {(N, OC, OH, OW)}")
-    if not _use_direct(C, OC, OH, OW, stride):
+    method = _method(C, OC, KH, KW, OH, OW, stride)
+    if method == "columns":
+        return _columns_conv_backward_weight(x, dy, w_shape, stride, padding, dilation, OH, OW)[0]
+    if method == "gemm":
         return _gemm_backward_weight(x, dy, w_shape, stride, padding, dilation, OH, OW, _dy_t(dy),
                                      kept)
     Hp, Wp = H + 2 * padding[0], W + 2 * padding[1]
@@ -506,12 +751,19 @@ def conv2d_backward_weight(x, dy, w_shape, stride, padding, dilation, kept=None)
 
 def conv2d_backward(x, w, dy, stride, padding, dilation, need_dx=True, need_db=True, kept=None):
     """(dx, dw, db) as ``Backend.conv2d_backward``; on the im2row path dy is moved to
-    (OC, N*OH*OW) once for both GEMMs, not once each."""
+    (OC, N*OH*OW) once for both GEMMs, not once each; on the columns path the bias gradient
+    comes from the weight gradient's pass over dy."""
     x, w, dy = _check("conv2d_backward", x, w, dy)
     N, C, H, W, OC, KH, KW, OH, OW = _sizes(x.shape, w.shape, stride, padding, dilation)
     if tuple(dy.shape) != (N, OC, OH, OW):
         raise ValueError(f"conv2d_backward: dy has shape {dy.shape}, expected {(N, OC, OH, OW)}")
-    if _use_direct(C, OC, OH, OW, stride):
+    method = _method(C, OC, KH, KW, OH, OW, stride)
+    if method == "columns":
+        geometry = (stride, padding, dilation, OH, OW)
+        dx = _columns_conv_backward_data(dy, w, x.shape, *geometry) if need_dx else None
+        dw, db = _columns_conv_backward_weight(x, dy, w.shape, *geometry)
+        return dx, dw, (db if need_db else None)
+    if method == "direct":
         dx = conv2d_backward_data(dy, w, x.shape, stride, padding, dilation) if need_dx else None
         dw = conv2d_backward_weight(x, dy, w.shape, stride, padding, dilation)
     else:
