@@ -10,6 +10,14 @@ per operation). Measured on the DCGAN's BatchNorm2d(128) at (64, 128, 7, 7), flo
 training mode (one process, best of 30, quiet 2-core VM, 2026-12-01): forward 1.49 -> 0.32
 ms, forward + backward 3.83 -> 0.66 ms; the DCGAN train step (64) 111 -> 102 ms.
 
+The per-channel sums are compiled with fast-math "reassoc" (and only they): LLVM may then
+keep partial sums in vector lanes, added at the end, and vectorise them; one float64
+accumulator in order had every add wait for the one before. The elementwise passes round as
+the formulas say. Measured in one process against the in-order sums (per-round minimums of
+15 interleaved rounds, AMD EPYC 2-core VM, 2026-12-01), forward / backward, training mode:
+(64, 128, 7, 7) 1.05 -> 0.33 / 0.84 -> 0.52 ms, (64, 64, 14, 14) 1.99 -> 0.53 / 1.46 -> 0.98
+ms, every output the same bits at both shapes (float64 sums rounded to float32).
+
 The context forward returns for backward keeps x itself (as PyTorch does), not x-hat: the
 backward recomputes x-hat = (x - mean) * invstd on the fly.
 """
@@ -22,6 +30,44 @@ from numba import njit
 from .threads import parallel_for
 
 
+@njit(nogil=True, cache=True, fastmath={"reassoc"})
+def _channel_sum(x, c):
+    """The sum of x[:, c, :], in float64."""
+    s = 0.0
+    for n in range(x.shape[0]):
+        row = x[n, c]
+        for i in range(x.shape[2]):
+            s += row[i]
+    return s
+
+
+@njit(nogil=True, cache=True, fastmath={"reassoc"})
+def _channel_squares(x, c, m):
+    """The sum of (x[:, c, :] - m)**2, in float64."""
+    q = 0.0
+    for n in range(x.shape[0]):
+        row = x[n, c]
+        for i in range(x.shape[2]):
+            d = row[i] - m
+            q += d * d
+    return q
+
+
+@njit(nogil=True, cache=True, fastmath={"reassoc"})
+def _channel_grad_sums(x, dy, c, m, r):
+    """(sum of dy[:, c, :], sum of dy[:, c, :] * x-hat[:, c, :]), in float64."""
+    N, S = x.shape[0], x.shape[2]
+    sdy = 0.0
+    sdyx = 0.0
+    for n in range(N):
+        row, grow = x[n, c], dy[n, c]
+        for i in range(S):
+            g = grow[i]
+            sdy += g
+            sdyx += g * ((row[i] - m) * r)
+    return sdy, sdyx
+
+
 @njit(nogil=True, cache=True)
 def _forward(lo, hi, x, mean, var, invstd, weight, bias, batch_stats, eps, y):
     """y (N, C, S) = (x - mean) * invstd * weight + bias per channel. With ``batch_stats``,
@@ -32,16 +78,8 @@ def _forward(lo, hi, x, mean, var, invstd, weight, bias, batch_stats, eps, y):
     count = N * S
     for c in range(lo, hi):
         if batch_stats:
-            s = 0.0
-            for n in range(N):
-                for i in range(S):
-                    s += x[n, c, i]
-            m = s / count
-            q = 0.0
-            for n in range(N):
-                for i in range(S):
-                    d = x[n, c, i] - m
-                    q += d * d
+            m = _channel_sum(x, c) / count
+            q = _channel_squares(x, c, m)
             mean[c] = m
             var[c] = q / count
             invstd[c] = 1.0 / np.sqrt(q / count + eps)
@@ -63,13 +101,7 @@ def _backward(lo, hi, x, dy, mean, invstd, weight, batch_stats, dx, dweight, dbi
     count = N * S
     for c in range(lo, hi):
         m, r, a = mean[c], invstd[c], weight[c]
-        sdy = 0.0
-        sdyx = 0.0
-        for n in range(N):
-            for i in range(S):
-                g = dy[n, c, i]
-                sdy += g
-                sdyx += g * ((x[n, c, i] - m) * r)
+        sdy, sdyx = _channel_grad_sums(x, dy, c, m, r)
         dbias[c] = sdy
         dweight[c] = sdyx
         if batch_stats:
