@@ -1,17 +1,22 @@
 """Issue 12's table: dlx on the CPU against PyTorch (NCHW and channels_last), row by row.
 
     python benchmarks/cpu_table.py [--rounds 3] [--reps 8] [--rows lenet_train,dcgan_train]
-                                   [--threads 2] [--json out.json]
+                                   [--threads 2] [--warm-s 0.25] [--json out.json]
 
 Three long-lived worker processes (dlx, PyTorch NCHW, PyTorch channels_last), each with the
 same thread count (dlx: Numba threads and its BLAS rule from backends/cpu/threads.py;
 PyTorch: ``torch.set_num_threads``). The controller runs the rows in interleaved rounds: in
 each round, for each row, every worker times ``--reps`` calls in turn (the order rotated per
 round), one worker at a time, with a short pause between workers so that idle OpenMP/BLAS
-threads of the previous one have gone to sleep. A row's figure per worker is the median over
-rounds of its per-round median (and the best single call). The ratio is dlx's speed over the
-faster PyTorch layout (> 1: dlx is faster). The load average is printed before and after each
-row of each round, since the machine is shared.
+threads of the previous one have gone to sleep. Before its timed calls, each worker runs the
+row untimed for ``--warm-s`` seconds: after the pause the cores come back from idle slowly (on
+the 2-core AMD EPYC VM, 2026-12-01, a one-thread 256x256 matmul loop ran 10.5 ms in its first
+call after a 0.3 s sleep and 9.0 ms for the next ~80 ms, against 7.5 ms steady; medians of
+15 sleeps), and 8 calls timed from cold measured the machine more than the code (the dlx
+LeNet-5 row: 13.7-15.4 ms with 8 cold calls, 9.7 ms with 30, in one hour). A row's figure per
+worker is the median over rounds of its per-round median (and the best single call). The
+ratio is dlx's speed over the faster PyTorch layout (> 1: dlx is faster). The load average is
+printed before and after each row of each round, since the machine is shared.
 
 Rows (batch in brackets): the LeNet-5 training step (128, Adam, no input gradient on either
 side), LeNet-5 inference (10,000 images in batches of 1000), the DCGAN training step (64,
@@ -249,6 +254,9 @@ def worker(kind: str, threads: int) -> None:
             built[name]()  # warm-up (compiles, allocates)
             built[name]()
         fn = built[name]
+        warm_until = time.perf_counter() + req.get("warm_s", 0.0)
+        while time.perf_counter() < warm_until:  # untimed: the cores come back from idle
+            fn()
         times = []
         for _ in range(reps):
             t = time.perf_counter()
@@ -265,6 +273,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--reps", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--warm-s", type=float, default=0.25,
+                    help="untimed calls for this long before each worker's timed calls")
     ap.add_argument("--rows", default=",".join(ROWS))
     ap.add_argument("--json")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -289,7 +299,8 @@ def main() -> None:
             before = load()
             order = WORKERS[rnd % 3:] + WORKERS[:rnd % 3]
             for w in order:
-                procs[w].stdin.write(json.dumps({"row": r, "reps": args.reps}) + "\n")
+                procs[w].stdin.write(json.dumps({"row": r, "reps": args.reps,
+                                                 "warm_s": args.warm_s}) + "\n")
                 procs[w].stdin.flush()
                 times = json.loads(procs[w].stdout.readline())["times"]
                 per[r][w].append(statistics.median(times))
@@ -307,6 +318,7 @@ def main() -> None:
     print("| work (batch) | dlx ms | PyTorch NCHW / channels_last ms | dlx speed / PyTorch's best |")
     print("|---|---|---|---|")
     result = {"threads": args.threads, "rounds": args.rounds, "reps": args.reps,
+              "warm_s": args.warm_s,
               "torch": info["torch"].get("torch"), "loads": loads, "rows": {}}
     for r in rows:
         med = {w: statistics.median(per[r][w]) * 1e3 for w in WORKERS}
