@@ -753,7 +753,7 @@ def test_cpu_fused_batch_norm_matches_the_xp_formulas(monkeypatch, shape, affine
 
 
 @pytest.mark.parametrize("env,want", [
-    ({}, "mmap threshold 32 MiB, trim threshold 64 MiB"),
+    ({}, "mmap threshold 32 MiB, trim threshold 1024 MiB"),
     ({"MALLOC_TRIM_THRESHOLD_": "1000000"}, "left to MALLOC_TRIM_THRESHOLD_"),
 ])
 @pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc's mallopt only")
