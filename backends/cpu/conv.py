@@ -330,7 +330,7 @@ def _columns_forward(lo, hi, x, wt, b, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, L
     of 16), so every pass is two output channels by four taps over whole vectors."""
     OC = y.shape[1]
     OC2, T4 = wt.shape
-    P = OH * OW
+    S = OH * OW
     cols = np.zeros((T4, L), dtype=x.dtype)
     acc = np.empty((2, L), dtype=y.dtype)
     a0 = acc[0]
@@ -351,7 +351,7 @@ def _columns_forward(lo, hi, x, wt, b, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, L
                     a1[q] = (((a1[q] + v0 * e0) + v1 * e1) + v2 * e2) + v3 * e3
             for k in range(min(2, OC - oc)):
                 a, out = acc[k], y[n, oc + k]
-                for q in range(P):
+                for q in range(S):
                     out[q] = a[q]
 
 
