@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 
 import numpy as np
 import pytest
@@ -286,6 +287,32 @@ def test_train_gan_history_and_callback():
     assert all(np.isfinite(hist["d_loss"])) and all(np.isfinite(hist["g_loss"]))
     imgs = sample(g, dlx.asarray(rng.standard_normal((5, 8))), batch_size=2)
     assert imgs.shape == (5, 1, 28, 28) and imgs.min() >= 0 and imgs.max() <= 1 and g.training
+
+
+def test_train_gan_says_a_first_step_that_compiles_and_does_not_count_it(capsys):
+    """As in dlx.fit: a fresh install's first step waits for its kernels to compile; one line
+    says so, and the first epoch's time and images/s start after it."""
+    g, d = DCGANGenerator(latent_dim=8, channels=4), DCGANDiscriminator(channels=4)
+    rng = np.random.default_rng(0)
+    batches = [dlx.asarray(rng.uniform(-1, 1, (8, 1, 28, 28))) for _ in range(3)]
+    forward, calls = g.forward, []
+
+    def slow_first(*args):
+        if not calls:
+            time.sleep(1.3)  # what compiling the CPU kernels looks like from train_gan's side
+        calls.append(1)
+        return forward(*args)
+
+    object.__setattr__(g, "forward", slow_first)
+    hist = train_gan(g, d, batches, epochs=2)
+    out = "".join(capsys.readouterr())
+    assert out.count("compiling kernels (first run with this install only") == 1
+    assert hist["time_s"][0] < 1.0, hist["time_s"]
+    # the two timed steps of epoch 1 (16 images) over its time, not all three
+    assert hist["images_per_s"][0] == pytest.approx(16 / hist["time_s"][0])
+    assert hist["images_per_s"][1] == pytest.approx(24 / hist["time_s"][1])
+    train_gan(g, d, batches, epochs=1)  # a warm run says nothing
+    assert "compiling kernels" not in "".join(capsys.readouterr())
 
 
 # ---- the `dlx gan` command ---------------------------------------------------------------------

@@ -19,6 +19,7 @@ from dlx._device import get_namespace, to_numpy
 from dlx._grad_mode import no_grad
 from dlx.compile import compile_step
 from dlx.nn import functional as F
+from dlx.training.supervised import COMPILE_NOTE_S
 
 __all__ = ["copy_buffers_", "ema_update_", "gan_step", "sample", "train_gan"]
 
@@ -153,6 +154,8 @@ def train_gan(generator, discriminator, loader, epochs: int, lr: float = 2e-4,
     with ``ema_warmup`` the decay of step t is min(ema_decay, (1 + t) / (10 + t)), so the
     average follows the generator closely at first instead of lagging behind its start), and
     its buffers are the generator's at the end of every epoch.
+    A first step that compiles the kernels (a fresh install) is said, once, and left out of
+    its epoch's ``time_s`` and ``images_per_s``, as in ``dlx.fit``.
     A NaN or infinite mean loss raises FloatingPointError at the end of its epoch (losses
     are summed on the device and read back every 50 steps, not synchronised every step),
     before the callback, so no checkpoint of the broken weights is written.
@@ -219,12 +222,16 @@ def train_gan(generator, discriminator, loader, epochs: int, lr: float = 2e-4,
     d_step_fn = compile_step(d_only_step, graph=captured)  # D alone (d_steps > 1)
     counts: dict = {}  # steps that added to each sum this epoch (host counts)
     d_keys = ("d_loss", "d_real", "d_fake") + (("info_loss",) if num_codes is not None else ())
+    if progress:
+        note = dev.backend.compile_note()
+        if note:
+            tqdm.write(note)
     for epoch in range(1, epochs + 1):
         generator.train()
         discriminator.train()
         bar = tqdm(total=len(loader), desc=f"epoch {epoch}/{epochs}", unit="batch",
                    disable=not progress, leave=True, dynamic_ncols=True)
-        t0, seen, steps = time.perf_counter(), 0, 0
+        t0, seen, steps, untimed = time.perf_counter(), 0, 0, 0
         for v in sums.values():
             v[...] = 0
         counts.clear()
@@ -234,6 +241,13 @@ def train_gan(generator, discriminator, loader, epochs: int, lr: float = 2e-4,
             n = int(real.shape[0])
             g_update = (steps + 1) % d_steps == 0
             (step_fn if g_update else d_step_fn)(real, *labels)
+            if epoch == 1 and steps == 0 and time.perf_counter() - t0 > COMPILE_NOTE_S:
+                # the first step compiled the kernels (a fresh install): say so, and keep it out
+                # of the epoch's time and speed
+                if progress:
+                    bar.write(f"first step: {time.perf_counter() - t0:.1f} s compiling kernels "
+                              f"(first run with this install only; not counted in the epoch's time)")
+                t0, untimed = time.perf_counter(), n
             for k in d_keys + (("g_loss",) if g_update else ()):
                 counts[k] = counts.get(k, 0) + 1
             if ema_generator is not None and g_update:
@@ -253,10 +267,10 @@ def train_gan(generator, discriminator, loader, epochs: int, lr: float = 2e-4,
         means = sums
         if distributed.world_size() > 1:  # every rank ran as many steps: mean of the means
             means = {k: distributed.all_reduce(v, "mean") for k, v in sums.items()}
-            seen = int(to_numpy(distributed.all_reduce(np.asarray(seen))))
+            seen, untimed = (int(v) for v in to_numpy(distributed.all_reduce(np.asarray([seen, untimed]))))
         logs = {"epoch": epoch, **{k: float(to_numpy(v)) / max(counts.get(k, 0), 1)
                                    for k, v in means.items()},
-                "time_s": elapsed, "images_per_s": seen / elapsed}
+                "time_s": elapsed, "images_per_s": (seen - untimed) / elapsed}
         if not (math.isfinite(logs["d_loss"]) and math.isfinite(logs["g_loss"])):
             raise FloatingPointError(f"train_gan: the loss became non-finite in epoch {epoch} "
                                      f"(d_loss {logs['d_loss']}, g_loss {logs['g_loss']}); "
