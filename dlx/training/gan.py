@@ -19,7 +19,7 @@ from dlx._device import get_namespace, to_numpy
 from dlx._grad_mode import no_grad
 from dlx.compile import compile_step
 from dlx.nn import functional as F
-from dlx.training.supervised import COMPILE_NOTE_S
+from dlx.training._first_step import first_step_compiled, say_compile_note
 
 __all__ = ["copy_buffers_", "ema_update_", "gan_step", "sample", "train_gan"]
 
@@ -222,10 +222,7 @@ def train_gan(generator, discriminator, loader, epochs: int, lr: float = 2e-4,
     d_step_fn = compile_step(d_only_step, graph=captured)  # D alone (d_steps > 1)
     counts: dict = {}  # steps that added to each sum this epoch (host counts)
     d_keys = ("d_loss", "d_real", "d_fake") + (("info_loss",) if num_codes is not None else ())
-    if progress:
-        note = dev.backend.compile_note()
-        if note:
-            tqdm.write(note)
+    say_compile_note(dev, progress)
     for epoch in range(1, epochs + 1):
         generator.train()
         discriminator.train()
@@ -241,13 +238,8 @@ def train_gan(generator, discriminator, loader, epochs: int, lr: float = 2e-4,
             n = int(real.shape[0])
             g_update = (steps + 1) % d_steps == 0
             (step_fn if g_update else d_step_fn)(real, *labels)
-            if epoch == 1 and steps == 0 and time.perf_counter() - t0 > COMPILE_NOTE_S:
-                # the first step compiled the kernels (a fresh install): say so, and keep it out
-                # of the epoch's time and speed
-                if progress:
-                    bar.write(f"first step: {time.perf_counter() - t0:.1f} s compiling kernels "
-                              f"(first run with this install only; not counted in the epoch's time)")
-                t0, untimed = time.perf_counter(), n
+            if epoch == 1 and steps == 0 and first_step_compiled(t0, bar, progress):
+                t0, untimed = time.perf_counter(), n  # out of the epoch's time and speed
             for k in d_keys + (("g_loss",) if g_update else ()):
                 counts[k] = counts.get(k, 0) + 1
             if ema_generator is not None and g_update:

@@ -21,13 +21,11 @@ from dlx._grad_mode import no_grad
 from dlx.compile import compile_step
 from dlx.nn import functional as F
 from dlx.serialization import save
+from dlx.training._first_step import first_step_compiled, say_compile_note
 
 #: the progress bar starts a copy of the running loss and accuracy every this many steps and
 #: shows it when it has landed (the host never waits for it); the epoch's figures are read once
 PROGRESS_EVERY = 50
-#: a first step slower than this compiled the kernels (a fresh install): it is reported and
-#: left out of the epoch's time (a warm first step of LeNet-5 takes ~0.3 s on 2 cores)
-COMPILE_NOTE_S = 1.0
 
 
 class History:
@@ -359,10 +357,8 @@ def fit(model, loss_fn, optimizer, train_loader, epochs: int, val_loader=None, s
         optimizer.zero_grad()
 
     step_fn = compile_step(train_step, graph=graph and not parallel)
-    if progress and initial_epoch < epochs:
-        note = (model.device or get_default_device()).backend.compile_note()
-        if note:
-            tqdm.write(note)
+    if initial_epoch < epochs:
+        say_compile_note(model.device or get_default_device(), progress)
     for epoch in range(initial_epoch, epochs):
         model.train()
         lr = float(optimizer.param_groups[0]["lr"])
@@ -388,12 +384,9 @@ def fit(model, loss_fn, optimizer, train_loader, epochs: int, val_loader=None, s
             seen += n
             if per_batch:
                 scheduler.step()
-            if step == 0 and epoch == initial_epoch and time.perf_counter() - t0 > COMPILE_NOTE_S:
-                # the first step compiled the kernels (a fresh install): say so, and keep it out
-                # of the epoch's time, its speed and the bar's rate and ETA
+            if step == 0 and epoch == initial_epoch and first_step_compiled(t0, bar, progress):
+                # keep it out of the epoch's time, its speed and the bar's rate and ETA
                 if progress:
-                    bar.write(f"first step: {time.perf_counter() - t0:.1f} s compiling kernels "
-                              f"(first run with this install only; not counted in the epoch's time)")
                     bar.reset(total=len(train_loader))
                 t0, untimed = time.perf_counter(), seen
             if progress:
