@@ -161,18 +161,17 @@ def _widen(src, Wp, dst):
 
 
 @njit(nogil=True, cache=True, fastmath=_FMA)
-def _direct_forward(lo, hi, x, wt, b, offs, span, ph, pw, Hp, Wp, L, y):
+def _direct_forward(lo, hi, x, wt, b, offs, span, ph, pw, Hp, Wp, L, y, xw, acc):
     """y (N, OC, OH, OW) = b[oc] + sum over taps t of wt[oc, t] * x_pad[n].flat[offs[t] + q].
 
     q runs over L wide output positions oh*Wp + ow (L a multiple of the vector width, the
     excess computed on zeros and dropped); span = max(offs) + L, the padded plane's length.
     Zeros pad wt (OC2, T4) and b (OC2,) to an even number of rows and T4 = C*KH*KW rounded
     up to a multiple of 4 (offsets 0), so every pass is two output channels by four taps.
+    Work buffers: xw (span,) and acc (2, L).
     """
     OC, OH, OW = y.shape[1], y.shape[2], y.shape[3]
     OC2, T = wt.shape
-    xw = np.empty(span, dtype=x.dtype)
-    acc = np.empty((2, L), dtype=y.dtype)
     a0 = acc[0]
     a1 = acc[1]
     for n in range(lo, hi):
@@ -201,18 +200,18 @@ def _direct_forward(lo, hi, x, wt, b, offs, span, ph, pw, Hp, Wp, L, y):
 
 
 @njit(nogil=True, cache=True, fastmath=_FMA)
-def _direct_backward_data(lo, hi, dy, wt, offs, span, ph, pw, Hp, Wp, L, dx):
+def _direct_backward_data(lo, hi, dy, wt, offs, span, ph, pw, Hp, Wp, L, dx, dyw, acc):
     """dx (N, C, H, W): dy[n, oc] (wide) times wt[c, k, oc] added at offset offs[k] of plane c.
 
     The adjoint of ``_direct_forward``, two input channels by four output channels per pass:
     wt (C2, KH*KW, OC4) is the weight transposed and zero-padded to an even C2 and OC4 a
     multiple of 4 (zero rows of dy_wide match the padding); offs (KH*KW,) = i*DH*Wp + j*DW.
+    Work buffers: dyw (OC4, L), zero (rows OC.. stay zero; _widen rewrites the rest), and
+    acc (2, span).
     """
     OC = dy.shape[1]
     C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
     C2, K, OC4 = wt.shape
-    dyw = np.zeros((OC4, L), dtype=dy.dtype)  # rows OC.. stay zero; _widen rewrites the rest
-    acc = np.empty((2, span), dtype=dx.dtype)
     for n in range(lo, hi):
         _widen(dy[n], Wp, dyw[:OC])
         for c in range(0, C2, 2):
@@ -240,17 +239,16 @@ def _direct_backward_data(lo, hi, dy, wt, offs, span, ph, pw, Hp, Wp, L, dx):
 
 
 @njit(nogil=True, cache=True, fastmath=_FMA_SUM)
-def _direct_backward_weight(lo, hi, x, dy, offs, span, ph, pw, Hp, Wp, L, parts):
+def _direct_backward_weight(lo, hi, x, dy, offs, span, ph, pw, Hp, Wp, L, parts, xw, dyw):
     """parts[p] (OC2, T4) += dw summed over the p-th slice of the batch (padded as in forward).
 
     dw[oc, t] = sum over n and wide positions q of dy_wide[n, oc, q] * x_pad[n].flat[offs[t] + q]
     (the gaps of dy_wide are zero). One slice per thread, so no two threads write one sum.
+    Work buffers: xw (span,) and dyw (OC2, L), zero (rows OC.. stay zero).
     """
     N, OC = x.shape[0], dy.shape[1]
     P, OC2, T = parts.shape
     for p in range(lo, hi):
-        xw = np.empty(span, dtype=x.dtype)
-        dyw = np.zeros((OC2, L), dtype=dy.dtype)
         dw = parts[p]
         for n in range(p * N // P, (p + 1) * N // P):
             _pad_planes(x[n], ph, pw, Hp, Wp, xw)
@@ -325,17 +323,17 @@ def _columns(xn, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, cols):
 
 
 @njit(nogil=True, cache=True, fastmath=_FMA)
-def _columns_forward(lo, hi, x, wt, b, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, L, y):
+def _columns_forward(lo, hi, x, wt, b, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, L, y, cols,
+                     acc):
     """y (N, OC, OH*OW) = b + wt @ the columns of x[n] (``_columns``), sample by sample.
 
     wt (OC2, T4) and b (OC2,) are zero-padded as in ``_direct_forward``; a sample's columns
     (T4, L) have zero rows from T = C*KH*KW and zeros from position OH*OW to L (a multiple
-    of 16), so every pass is two output channels by four taps over whole vectors."""
+    of 16), so every pass is two output channels by four taps over whole vectors. Work
+    buffers: cols (T4, L), zero, and acc (2, L)."""
     OC = y.shape[1]
     OC2, T4 = wt.shape
     S = OH * OW
-    cols = np.zeros((T4, L), dtype=x.dtype)
-    acc = np.empty((2, L), dtype=y.dtype)
     a0 = acc[0]
     a1 = acc[1]
     for n in range(lo, hi):
@@ -360,16 +358,15 @@ def _columns_forward(lo, hi, x, wt, b, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, L
 
 @njit(nogil=True, cache=True, fastmath=_FMA_SUM)
 def _columns_backward_weight(lo, hi, x, dy, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, L, parts,
-                             bias_parts):
+                             bias_parts, cols, dyw):
     """parts[p] (OC2, T4) += dy[n] (OC, OH*OW) @ the columns of x[n], transposed, and
     bias_parts[p, oc] += the sum of dy[n, oc], over the p-th slice of the batch (one slice
-    per thread, so no two threads write one sum). Padding as in ``_columns_forward``."""
+    per thread, so no two threads write one sum). Padding as in ``_columns_forward``; work
+    buffers: cols (T4, L) and dyw (OC2, L), zero."""
     N, OC = x.shape[0], dy.shape[1]
     P, OC2, T4 = parts.shape
     S = OH * OW
     for p in range(lo, hi):
-        cols = np.zeros((T4, L), dtype=x.dtype)
-        dyw = np.zeros((OC2, L), dtype=dy.dtype)
         dw = parts[p]
         for n in range(p * N // P, (p + 1) * N // P):
             _columns(x[n], KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, cols)
@@ -406,19 +403,19 @@ def _columns_backward_weight(lo, hi, x, dy, KH, KW, SH, SW, PH, PW, DH, DW, OH, 
 
 
 @njit(nogil=True, cache=True, fastmath=_FMA)
-def _columns_backward_data(lo, hi, dy, wt, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, L, dx):
+def _columns_backward_data(lo, hi, dy, wt, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, L, dx, dyw,
+                           acc):
     """dx (N, C, H, W): the adjoint of ``_columns_forward``. Per sample, the columns'
     gradient (two taps at a time) = wt (T2, OC4) @ dy[n] (OC4, L), two taps by four output
     channels per pass (wt: the weight as (T, OC), zero-padded to an even T2 and OC4 a
     multiple of 4; dy's rows from OC and positions from OH*OW zero), then each tap's
-    gradient is added back where ``_columns`` read it."""
+    gradient is added back where ``_columns`` read it. Work buffers: dyw (OC4, L), zero, and
+    acc (2, L)."""
     OC = dy.shape[1]
     C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
     T2, OC4 = wt.shape
     T = C * KH * KW
     S = OH * OW
-    dyw = np.zeros((OC4, L), dtype=dy.dtype)
-    acc = np.empty((2, L), dtype=dx.dtype)
     a0 = acc[0]
     a1 = acc[1]
     for n in range(lo, hi):
@@ -472,9 +469,10 @@ def _columns_conv_forward(x, w, b, stride, padding, dilation, OH, OW):
     wt = _zero_pad(w.reshape(OC, C * KH * KW), (2, 4))
     b2 = _zero_pad(np.zeros(OC, dtype=x.dtype) if b is None else b, (2,))
     y = np.empty((N, OC, OH * OW), dtype=x.dtype)
+    L = _columns_length(OH, OW)
     parallel_for(_columns_forward, N, x, wt, b2,
-                 *_columns_geometry(KH, KW, stride, padding, dilation, OH, OW),
-                 _columns_length(OH, OW), y)
+                 *_columns_geometry(KH, KW, stride, padding, dilation, OH, OW), L, y,
+                 scratch=[(wt.shape[1:] + (L,), x.dtype), ((2, L), x.dtype)])
     return y.reshape(N, OC, OH, OW)
 
 
@@ -483,9 +481,10 @@ def _columns_conv_backward_data(dy, w, x_shape, stride, padding, dilation, OH, O
     _, C, KH, KW = w.shape
     wt = _zero_pad(w.reshape(OC, C * KH * KW).T, (2, 4))  # (T2, OC4)
     dx = np.empty(x_shape, dtype=dy.dtype)
+    L = _columns_length(OH, OW)
     parallel_for(_columns_backward_data, N, dy.reshape(N, OC, OH * OW), wt,
-                 *_columns_geometry(KH, KW, stride, padding, dilation, OH, OW),
-                 _columns_length(OH, OW), dx)
+                 *_columns_geometry(KH, KW, stride, padding, dilation, OH, OW), L, dx,
+                 scratch=[((wt.shape[1], L), dy.dtype), ((2, L), dy.dtype)])
     return dx
 
 
@@ -497,9 +496,10 @@ def _columns_conv_backward_weight(x, dy, w_shape, stride, padding, dilation, OH,
     P = max(1, min(N, num_threads()))
     parts = np.zeros((P, OC + OC % 2, -(-T // 4) * 4), dtype=x.dtype)
     bias_parts = np.zeros((P, OC), dtype=x.dtype)
+    L = _columns_length(OH, OW)
     parallel_for(_columns_backward_weight, P, x, dy.reshape(N, OC, OH * OW),
-                 *_columns_geometry(KH, KW, stride, padding, dilation, OH, OW),
-                 _columns_length(OH, OW), parts, bias_parts)
+                 *_columns_geometry(KH, KW, stride, padding, dilation, OH, OW), L, parts,
+                 bias_parts, scratch=[((parts.shape[2], L), x.dtype), ((parts.shape[1], L), x.dtype)])
     dw = np.ascontiguousarray(parts.sum(axis=0)[:OC, :T]).reshape(w_shape)
     return dw, bias_parts.sum(axis=0)
 
@@ -701,7 +701,9 @@ def conv2d_forward(x, w, b, stride, padding, dilation):
     offs = _tap_offsets(C, KH, KW, Hp, Wp, tuple(dilation), 4)
     y = np.empty((N, OC, OH, OW), dtype=x.dtype)
     L = _wide_length(OH, OW, Wp)
-    parallel_for(_direct_forward, N, x, wt, b2, offs, int(offs.max()) + L, *padding, Hp, Wp, L, y)
+    span = int(offs.max()) + L
+    parallel_for(_direct_forward, N, x, wt, b2, offs, span, *padding, Hp, Wp, L, y,
+                 scratch=[((span,), x.dtype), ((2, L), x.dtype)])
     return y, None
 
 
@@ -722,8 +724,9 @@ def conv2d_backward_data(dy, w, x_shape, stride, padding, dilation):
     offs = _tap_offsets(1, KH, KW, Hp, Wp, tuple(dilation))
     dx = np.empty(x_shape, dtype=dy.dtype)
     L = _wide_length(OH, OW, Wp)
-    parallel_for(_direct_backward_data, N, dy, wt, offs, int(offs.max()) + L, *padding, Hp, Wp, L,
-                 dx)
+    span = int(offs.max()) + L
+    parallel_for(_direct_backward_data, N, dy, wt, offs, span, *padding, Hp, Wp, L, dx,
+                 scratch=[((wt.shape[2], L), dy.dtype), ((2, span), dy.dtype)])
     return dx
 
 
@@ -747,8 +750,9 @@ def conv2d_backward_weight(x, dy, w_shape, stride, padding, dilation, kept=None)
     P = max(1, min(N, num_threads()))
     parts = np.zeros((P, OC + OC % 2, offs.size), dtype=x.dtype)
     L = _wide_length(OH, OW, Wp)
-    parallel_for(_direct_backward_weight, P, x, dy, offs, int(offs.max()) + L, *padding, Hp, Wp, L,
-                 parts)
+    span = int(offs.max()) + L
+    parallel_for(_direct_backward_weight, P, x, dy, offs, span, *padding, Hp, Wp, L, parts,
+                 scratch=[((span,), x.dtype), ((parts.shape[1], L), x.dtype)])
     return np.ascontiguousarray(parts.sum(axis=0)[:OC, :T]).reshape(w_shape)
 
 
