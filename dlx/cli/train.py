@@ -9,6 +9,7 @@ import json
 import os
 import time
 
+from dlx.cli import warmup
 from dlx.cli.common import (
     MODELS,
     NORMALIZATION,
@@ -148,6 +149,8 @@ def run(args) -> int:
         raise UsageError(f"dlx train: --label-smoothing must be in [0, 1), got {args.label_smoothing}")
     check_tta("dlx train", args, args.dataset)
     dev = dlx.device(args.device)
+    # a fresh install compiles the CPU kernels in a second process while the data is read
+    warm = warmup.start(dev, world.size, args.model, args.dataset, args.hidden, args.augment)
     dlx.manual_seed(args.seed)
     train_set = load_dataset(args.dataset, True, args.data_dir)
     test_set = load_dataset(args.dataset, False, args.data_dir)
@@ -178,11 +181,11 @@ def run(args) -> int:
     os.makedirs(args.out, exist_ok=True)
     with out_lock(args.out, "dlx train") if world.rank == 0 else contextlib.nullcontext():
         return _train(args, world, say, dev, model, opt, sched, loader, val, train_set, test_set,
-                      start, history)
+                      start, history, warm)
 
 
 def _train(args, world, say, dev, model, opt, sched, loader, val, train_set, test_set, start,
-           history) -> int:
+           history, warm=None) -> int:
     """Train, checkpointing into --out, then write history.json and curves.png there."""
     import dlx
 
@@ -196,6 +199,7 @@ def _train(args, world, say, dev, model, opt, sched, loader, val, train_set, tes
         f"{batch}, {args.optimizer} lr {args.lr}"
         + (f" weight decay {args.weight_decay}" if args.weight_decay else "")
         + (", augmented" if args.augment else ""))
+    warmup.finish(warm, (lambda *a: None) if args.quiet else say)
     t0 = time.perf_counter()
     hist = dlx.fit(model, dlx.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing), opt, loader,
                    epochs=args.epochs, val_loader=val, scheduler=sched,
