@@ -435,6 +435,65 @@ def test_parallel_matmul_is_matmul(m, k, n, layout):
     np.testing.assert_array_equal(out, want)
 
 
+def test_conv_carries_the_hash_of_simd_py():
+    """Numba's cache keys conv.py's kernels by conv.py's content only; they inline
+    simd.tile_fma, so conv.py must change whenever simd.py does (see SIMD_SOURCE_SHA256)."""
+    import hashlib
+
+    from dlx.backends.cpu import simd
+
+    digest = hashlib.sha256(Path(simd.__file__).read_bytes()).hexdigest()[:16]
+    assert cpu_conv.SIMD_SOURCE_SHA256 == digest, (
+        f"simd.py changed: set SIMD_SOURCE_SHA256 = {digest!r} in backends/cpu/conv.py, so "
+        f"that the kernels cached from the old simd.py are compiled again")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tile_fma_is_the_sum_over_taps_in_order(dtype):
+    """tile_fma writes out[k*pitch + q0 + q] = init[r0+k] + sum_t w[t, r0+k] * src[offs[t]
+    + q0 + q] for k < 6, q < 16, fused multiply-adds in tap order (the same bits as the
+    plain Numba loop with contraction), and nothing else of out."""
+    from dlx.backends.cpu.simd import ROWS, WIDTH, tile_fma
+    from numba import njit
+
+    @njit(fastmath={"contract"})
+    def loops(src, offs, T, q0, w, r0, init, out, pitch):
+        for k in range(ROWS):
+            for q in range(WIDTH):
+                a = init[r0 + k]
+                for t in range(T):
+                    a = a + w[t, r0 + k] * src[offs[t] + q0 + q]
+                out[k * pitch + q0 + q] = a
+
+    @njit
+    def tile(src, offs, T, q0, w, r0, init, out, pitch):
+        tile_fma(src, offs, T, q0, w, r0, init, out, pitch)
+
+    rng = np.random.default_rng(3)
+    src = rng.standard_normal(300).astype(dtype)
+    T, r0, q0, pitch = 23, 6, 5, 40
+    offs = rng.integers(0, 300 - q0 - WIDTH, 25).astype(np.int64)
+    w = rng.standard_normal((T + 2, 14)).astype(dtype)
+    init = rng.standard_normal(14).astype(dtype)
+    got, want = np.full(6 * pitch, np.nan, dtype), np.full(6 * pitch, np.nan, dtype)
+    tile(src, offs, T, q0, w, r0, init, got, pitch)
+    loops(src, offs, T, q0, w, r0, init, want, pitch)
+    np.testing.assert_array_equal(got, want)
+    written = np.zeros(6 * pitch, bool)
+    for k in range(ROWS):
+        written[k * pitch + q0 : k * pitch + q0 + WIDTH] = True
+    assert np.isnan(got[~written]).all() and not np.isnan(got[written]).any()
+    exact = init[r0:r0 + ROWS, None].astype(np.float64) + np.einsum(
+        "tk,tq->kq", w[:T, r0:r0 + ROWS].astype(np.float64),
+        np.stack([src[o + q0 : o + q0 + WIDTH] for o in offs[:T]]).astype(np.float64))
+    np.testing.assert_allclose(got[written].reshape(ROWS, WIDTH), exact,
+                               rtol=T * np.finfo(dtype).eps * 8, atol=T * np.finfo(dtype).eps * 8)
+    zero_taps = np.full(6 * pitch, np.nan, dtype)
+    tile(src, offs, 0, q0, w, r0, init, zero_taps, pitch)  # no taps: the init values
+    np.testing.assert_array_equal(zero_taps[written].reshape(ROWS, WIDTH),
+                                  np.repeat(init[r0:r0 + ROWS, None], WIDTH, axis=1))
+
+
 def test_parallel_for_runs_every_block_once_and_raises_a_blocks_error():
     """parallel_for hands [n*p//P, n*(p+1)//P) to kernel(lo, hi, *args), one block per
     thread, and the first block's or any other block's exception reaches the caller."""

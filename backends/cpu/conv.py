@@ -6,15 +6,17 @@ Three methods, picked per call by ``_method``:
   sample is zero-padded to (Hp, Wp) planes and flattened, and outputs are computed "wide",
   at row pitch Wp. Then the input under kernel tap (c, i, j) is one contiguous run,
   ``x_pad.flat[c*Hp*Wp + i*DH*Wp + j*DW :][:L]`` with L >= (OH-1)*Wp + OW, so every tap is a
-  long vectorisable axpy; the Wp - OW columns between output rows are computed and
-  dropped. Each pass takes two output channels and four taps, with zero channels and taps
-  padding the counts. Parallel over the batch.
+  long contiguous run; the Wp - OW columns between output rows are computed and dropped.
+  ``simd.tile_fma`` sums the taps for 16 wide positions of 6 output channels in vector
+  registers (zero channels pad the count to a multiple of 6); backward-data is the same
+  tile over the turned-around weight, backward-weight two output channels by four taps of
+  vectorised dot products. Parallel over the batch.
 * columns, for strided convolutions with few taps per output (C*KH*KW <= 32: the DCGAN's
   first convolution and its generator's last transposed one): per sample, the input under
   every tap (c, i, j) at every output pixel is gathered into a small (taps, OH*OW) block that
-  stays in cache, and Numba multiplies it with the weight in the same two-by-four passes as
-  the direct loops, writing NCHW outputs (and gradients) with no transposes. BLAS does poorly
-  on products with so few taps (K = 16: ~23 GMAC/s).
+  stays in cache, and ``tile_fma`` multiplies it with the weight (backward-weight: the direct
+  loops' two-by-four dot products), writing NCHW outputs (and gradients) with no
+  transposes. BLAS does poorly on products with so few taps (K = 16: ~23 GMAC/s).
 * im2row + BLAS, for other strided convolutions and for many channels on small images (DCGAN):
   the input is copied once to channels-last, zero-padded (N, Hp, Wp, C); then the window of
   output pixel (n, oh, ow) is KH*KW contiguous runs of C values, which Numba copies into row
@@ -41,11 +43,17 @@ import numpy as np
 from numba import njit
 
 from ..base import conv2d_output_size
+from .simd import ROWS, WIDTH, tile_fma
 from .threads import num_threads, parallel_for, parallel_matmul
 
-# "contract" lets LLVM fuse a*b + c into one FMA (one rounding instead of two: at least
-# as accurate); "reassoc" lets it vectorise the dot products of the weight gradient.
-_FMA = {"contract"}
+# Numba's cache keys a kernel by its own file's content, and the kernels here inline
+# simd.tile_fma: this hash of simd.py (tests/test_kernels.py checks it) changes this file
+# whenever simd.py changes, so that kernels compiled from an older simd.py are not loaded.
+SIMD_SOURCE_SHA256 = "987a3078720ce84d"
+
+# The weight gradients' fast-math flags: "contract" lets LLVM fuse a*b + c into one FMA (one
+# rounding instead of two: at least as accurate), "reassoc" lets it vectorise their dot
+# products. (tile_fma fuses its products itself.)
 _FMA_SUM = {"contract", "reassoc"}
 
 # _NO_SLICE_COPIES: inside the kernels, arrays are copied element by element, never as
@@ -160,38 +168,23 @@ def _widen(src, Wp, dst):
                 out[h * Wp + w] = row[w]
 
 
-@njit(nogil=True, cache=True, fastmath=_FMA)
-def _direct_forward(lo, hi, x, wt, b, offs, span, ph, pw, Hp, Wp, L, y, xw, acc):
-    """y (N, OC, OH, OW) = b[oc] + sum over taps t of wt[oc, t] * x_pad[n].flat[offs[t] + q].
+@njit(nogil=True, cache=True)
+def _direct_forward(lo, hi, x, wt, b, offs, T, ph, pw, Hp, Wp, L, y, xw, acc):
+    """y (N, OC, OH, OW) = b[oc] + sum over taps t < T of wt[t, oc] * x_pad[n].flat[offs[t] + q].
 
-    q runs over L wide output positions oh*Wp + ow (L a multiple of the vector width, the
-    excess computed on zeros and dropped); span = max(offs) + L, the padded plane's length.
-    Zeros pad wt (OC2, T4) and b (OC2,) to an even number of rows and T4 = C*KH*KW rounded
-    up to a multiple of 4 (offsets 0), so every pass is two output channels by four taps.
-    Work buffers: xw (span,) and acc (2, L).
+    q runs over L wide output positions oh*Wp + ow (L a multiple of 16, the excess computed
+    on zeros and dropped). wt (T, OC6) and b (OC6,) are zero-padded to a multiple of 6
+    output channels: each ``tile_fma`` call makes 16 positions of 6 channels in registers.
+    Work buffers: xw (max(offs) + L,), the padded planes, and acc (6, L).
     """
     OC, OH, OW = y.shape[1], y.shape[2], y.shape[3]
-    OC2, T = wt.shape
-    a0 = acc[0]
-    a1 = acc[1]
+    OC6 = wt.shape[1]
     for n in range(lo, hi):
         _pad_planes(x[n], ph, pw, Hp, Wp, xw)
-        for oc in range(0, OC2, 2):
-            a0[:] = b[oc]
-            a1[:] = b[oc + 1]
-            for t in range(0, T, 4):
-                x0 = xw[offs[t] : offs[t] + L]
-                x1 = xw[offs[t + 1] : offs[t + 1] + L]
-                x2 = xw[offs[t + 2] : offs[t + 2] + L]
-                x3 = xw[offs[t + 3] : offs[t + 3] + L]
-                u0, u1, u2, u3 = wt[oc, t], wt[oc, t + 1], wt[oc, t + 2], wt[oc, t + 3]
-                v0, v1 = wt[oc + 1, t], wt[oc + 1, t + 1]
-                v2, v3 = wt[oc + 1, t + 2], wt[oc + 1, t + 3]
-                for q in range(L):
-                    e0, e1, e2, e3 = x0[q], x1[q], x2[q], x3[q]
-                    a0[q] = (((a0[q] + u0 * e0) + u1 * e1) + u2 * e2) + u3 * e3
-                    a1[q] = (((a1[q] + v0 * e0) + v1 * e1) + v2 * e2) + v3 * e3
-            for k in range(min(2, OC - oc)):
+        for oc in range(0, OC6, ROWS):
+            for q0 in range(0, L, WIDTH):
+                tile_fma(xw, offs, T, q0, wt, oc, b, acc, L)
+            for k in range(min(ROWS, OC - oc)):
                 a = acc[k]
                 for oh in range(OH):
                     out = y[n, oc + k, oh]
@@ -199,40 +192,39 @@ def _direct_forward(lo, hi, x, wt, b, offs, span, ph, pw, Hp, Wp, L, y, xw, acc)
                         out[ow] = a[oh * Wp + ow]
 
 
-@njit(nogil=True, cache=True, fastmath=_FMA)
-def _direct_backward_data(lo, hi, dy, wt, offs, span, ph, pw, Hp, Wp, L, dx, dyw, acc):
-    """dx (N, C, H, W): dy[n, oc] (wide) times wt[c, k, oc] added at offset offs[k] of plane c.
+@njit(nogil=True, cache=True)
+def _direct_backward_data(lo, hi, dy, wt, zero, taps, F, p0, ph, pw, Hp, Wp, dx, dyf, acc):
+    """dx (N, C, H, W): the adjoint of ``_direct_forward``, as a correlation of dy with the
+    weight turned around: dx_pad[n, c].flat[p] = sum over taps (k, oc) of wt[k*OC + oc, c] *
+    dy_wide[n, oc, p - offs[k]], for the padded-plane positions p from p0 (the first real
+    pixel's row) on, 16 at a time by ``tile_fma`` (6 input channels per call).
 
-    The adjoint of ``_direct_forward``, two input channels by four output channels per pass:
-    wt (C2, KH*KW, OC4) is the weight transposed and zero-padded to an even C2 and OC4 a
-    multiple of 4 (zero rows of dy_wide match the padding); offs (KH*KW,) = i*DH*Wp + j*DW.
-    Work buffers: dyw (OC4, L), zero (rows OC.. stay zero; _widen rewrites the rest), and
-    acc (2, span).
+    dyf (OC, P) holds each dy_wide plane at [F, F + L) (F = max(offs), zero elsewhere), so
+    tap (k, oc) of position p0 + q reads dyf.flat[taps[k*OC + oc] + q] with taps[k*OC + oc]
+    = oc*P + F + p0 - offs[k]; wt (K*OC, C6) is the weight as (tap, input channel), zero-
+    padded to a multiple of 6 channels; zero (C6,) zeros, where the sums start. The taps go
+    k by k, oc by oc, as the sums of the loops this replaced: the same bits. Work buffers:
+    dyf, zero, and acc (6, Q), Q the positions computed (a multiple of 16).
     """
-    OC = dy.shape[1]
+    OC, OH, OW = dy.shape[1], dy.shape[2], dy.shape[3]
     C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
-    C2, K, OC4 = wt.shape
+    C6 = wt.shape[1]
+    T = taps.size
+    Q = acc.shape[1]
     for n in range(lo, hi):
-        _widen(dy[n], Wp, dyw[:OC])
-        for c in range(0, C2, 2):
-            acc[:] = 0
-            for k in range(K):
-                a0 = acc[0, offs[k] : offs[k] + L]
-                a1 = acc[1, offs[k] : offs[k] + L]
-                for oc in range(0, OC4, 4):
-                    d0, d1, d2, d3 = dyw[oc], dyw[oc + 1], dyw[oc + 2], dyw[oc + 3]
-                    u0, u1 = wt[c, k, oc], wt[c, k, oc + 1]
-                    u2, u3 = wt[c, k, oc + 2], wt[c, k, oc + 3]
-                    v0, v1 = wt[c + 1, k, oc], wt[c + 1, k, oc + 1]
-                    v2, v3 = wt[c + 1, k, oc + 2], wt[c + 1, k, oc + 3]
-                    for q in range(L):
-                        e0, e1, e2, e3 = d0[q], d1[q], d2[q], d3[q]
-                        a0[q] = (((a0[q] + u0 * e0) + u1 * e1) + u2 * e2) + u3 * e3
-                        a1[q] = (((a1[q] + v0 * e0) + v1 * e1) + v2 * e2) + v3 * e3
-            for k in range(min(2, C - c)):
+        for oc in range(OC):
+            plane = dyf[oc]
+            for oh in range(OH):
+                row = dy[n, oc, oh]
+                for ow in range(OW):
+                    plane[F + oh * Wp + ow] = row[ow]
+        for c in range(0, C6, ROWS):
+            for q0 in range(0, Q, WIDTH):
+                tile_fma(dyf, taps, T, q0, wt, c, zero, acc, Q)
+            for k in range(min(ROWS, C - c)):
                 a = acc[k]
                 for h in range(H):
-                    base = (h + ph) * Wp + pw
+                    base = (h + ph) * Wp + pw - p0
                     out = dx[n, c + k, h]
                     for w in range(W):
                         out[w] = a[base + w]
@@ -287,10 +279,11 @@ def _direct_backward_weight(lo, hi, x, dy, offs, span, ph, pw, Hp, Wp, L, parts,
 # direct loops above (no new kernels but the gather and its adjoint): 1.7-2.3x slower than
 # these at the DCGAN's first conv (forward 1.46 against 0.86 ms, backward-data 1.58 / 0.88,
 # backward-weight and bias 1.83 / 0.81; im2row + BLAS 1.80 / 2.08 / 1.86; one process,
-# per-round minimums of 15 interleaved rounds). The kernels repeat the direct loops'
-# two-by-four passes inline on purpose: the same passes as shared njit helpers (one call per
-# pass) gave the same bits but ran slower, forward + backward, 12 interleaved rounds: LeNet-5
-# conv2 5.8 -> 8.4 ms, conv1 8.5 -> 9.1, the DCGAN's first conv 2.7 -> 3.2.
+# per-round minimums of 15 interleaved rounds; before tile_fma). The weight gradient
+# repeats the direct loops' two-by-four passes inline on purpose: the same passes as shared
+# njit helpers (one call per pass) gave the same bits but ran slower, forward + backward, 12
+# interleaved rounds: LeNet-5 conv2 5.8 -> 8.4 ms, conv1 8.5 -> 9.1, the DCGAN's first conv
+# 2.7 -> 3.2.
 
 
 @njit(cache=True)
@@ -322,35 +315,24 @@ def _columns(xn, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, cols):
                         col[base + ow] = 0
 
 
-@njit(nogil=True, cache=True, fastmath=_FMA)
-def _columns_forward(lo, hi, x, wt, b, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, L, y, cols,
+@njit(nogil=True, cache=True)
+def _columns_forward(lo, hi, x, wt, b, rows, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, L, y, cols,
                      acc):
-    """y (N, OC, OH*OW) = b + wt @ the columns of x[n] (``_columns``), sample by sample.
+    """y (N, OC, OH*OW) = b + wt.T @ the columns of x[n] (``_columns``), sample by sample.
 
-    wt (OC2, T4) and b (OC2,) are zero-padded as in ``_direct_forward``; a sample's columns
-    (T4, L) have zero rows from T = C*KH*KW and zeros from position OH*OW to L (a multiple
-    of 16), so every pass is two output channels by four taps over whole vectors. Work
-    buffers: cols (T4, L), zero, and acc (2, L)."""
+    wt (T, OC6) and b (OC6,) are zero-padded to a multiple of 6 output channels; a sample's
+    columns (T, L) are zero from position OH*OW to L (a multiple of 16), and rows[t] = t*L
+    is where column t starts, so ``tile_fma`` makes 16 positions of 6 channels per call.
+    Work buffers: cols (T, L), zero, and acc (6, L)."""
     OC = y.shape[1]
-    OC2, T4 = wt.shape
+    T, OC6 = wt.shape
     S = OH * OW
-    a0 = acc[0]
-    a1 = acc[1]
     for n in range(lo, hi):
         _columns(x[n], KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, cols)
-        for oc in range(0, OC2, 2):
-            a0[:] = b[oc]
-            a1[:] = b[oc + 1]
-            for t in range(0, T4, 4):
-                x0, x1, x2, x3 = cols[t], cols[t + 1], cols[t + 2], cols[t + 3]
-                u0, u1, u2, u3 = wt[oc, t], wt[oc, t + 1], wt[oc, t + 2], wt[oc, t + 3]
-                v0, v1 = wt[oc + 1, t], wt[oc + 1, t + 1]
-                v2, v3 = wt[oc + 1, t + 2], wt[oc + 1, t + 3]
-                for q in range(L):
-                    e0, e1, e2, e3 = x0[q], x1[q], x2[q], x3[q]
-                    a0[q] = (((a0[q] + u0 * e0) + u1 * e1) + u2 * e2) + u3 * e3
-                    a1[q] = (((a1[q] + v0 * e0) + v1 * e1) + v2 * e2) + v3 * e3
-            for k in range(min(2, OC - oc)):
+        for oc in range(0, OC6, ROWS):
+            for q0 in range(0, L, WIDTH):
+                tile_fma(cols, rows, T, q0, wt, oc, b, acc, L)
+            for k in range(min(ROWS, OC - oc)):
                 a, out = acc[k], y[n, oc + k]
                 for q in range(S):
                     out[q] = a[q]
@@ -402,22 +384,19 @@ def _columns_backward_weight(lo, hi, x, dy, KH, KW, SH, SW, PH, PW, DH, DW, OH, 
                     dw[oc + 1, t + 2], dw[oc + 1, t + 3] = r2, r3
 
 
-@njit(nogil=True, cache=True, fastmath=_FMA)
-def _columns_backward_data(lo, hi, dy, wt, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, L, dx, dyw,
-                           acc):
+@njit(nogil=True, cache=True)
+def _columns_backward_data(lo, hi, dy, wt, zero, rows, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, L,
+                           dx, dyw, acc):
     """dx (N, C, H, W): the adjoint of ``_columns_forward``. Per sample, the columns'
-    gradient (two taps at a time) = wt (T2, OC4) @ dy[n] (OC4, L), two taps by four output
-    channels per pass (wt: the weight as (T, OC), zero-padded to an even T2 and OC4 a
-    multiple of 4; dy's rows from OC and positions from OH*OW zero), then each tap's
-    gradient is added back where ``_columns`` read it. Work buffers: dyw (OC4, L), zero, and
-    acc (2, L)."""
+    gradient, six taps at a time, = wt.T (T6, OC) @ dy[n] (OC, L) by ``tile_fma`` (wt: the
+    weight as (OC, T), zero-padded to T6 a multiple of 6 taps; zero (T6,) zeros; rows[oc] =
+    oc*L; dy's positions from OH*OW zero), then each tap's gradient is added back where
+    ``_columns`` read it. Work buffers: dyw (OC, L), zero, and acc (6, L)."""
     OC = dy.shape[1]
     C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
-    T2, OC4 = wt.shape
+    T6 = wt.shape[1]
     T = C * KH * KW
     S = OH * OW
-    a0 = acc[0]
-    a1 = acc[1]
     for n in range(lo, hi):
         for oc in range(OC):
             src, dst = dy[n, oc], dyw[oc]
@@ -425,19 +404,10 @@ def _columns_backward_data(lo, hi, dy, wt, KH, KW, SH, SW, PH, PW, DH, DW, OH, O
                 dst[q] = src[q]
         dn = dx[n]
         dn[:] = 0
-        for t in range(0, T2, 2):
-            a0[:] = 0
-            a1[:] = 0
-            for oc in range(0, OC4, 4):
-                d0, d1, d2, d3 = dyw[oc], dyw[oc + 1], dyw[oc + 2], dyw[oc + 3]
-                u0, u1, u2, u3 = wt[t, oc], wt[t, oc + 1], wt[t, oc + 2], wt[t, oc + 3]
-                v0, v1 = wt[t + 1, oc], wt[t + 1, oc + 1]
-                v2, v3 = wt[t + 1, oc + 2], wt[t + 1, oc + 3]
-                for q in range(L):
-                    e0, e1, e2, e3 = d0[q], d1[q], d2[q], d3[q]
-                    a0[q] = (((a0[q] + u0 * e0) + u1 * e1) + u2 * e2) + u3 * e3
-                    a1[q] = (((a1[q] + v0 * e0) + v1 * e1) + v2 * e2) + v3 * e3
-            for k in range(min(2, T - t)):
+        for t in range(0, T6, ROWS):
+            for q0 in range(0, L, WIDTH):
+                tile_fma(dyw, rows, OC, q0, wt, t, zero, acc, L)
+            for k in range(min(ROWS, T - t)):
                 tap = t + k
                 c, i, j = tap // (KH * KW), (tap // KW) % KH, tap % KW
                 a = acc[k]
@@ -466,25 +436,27 @@ def _columns_length(OH, OW):
 def _columns_conv_forward(x, w, b, stride, padding, dilation, OH, OW):
     N = x.shape[0]
     OC, C, KH, KW = w.shape
-    wt = _zero_pad(w.reshape(OC, C * KH * KW), (2, 4))
-    b2 = _zero_pad(np.zeros(OC, dtype=x.dtype) if b is None else b, (2,))
+    T = C * KH * KW
+    wt = _zero_pad(w.reshape(OC, T).T, (1, ROWS))  # (T, OC6)
+    b6 = _zero_pad(np.zeros(OC, dtype=x.dtype) if b is None else b, (ROWS,))
     y = np.empty((N, OC, OH * OW), dtype=x.dtype)
     L = _columns_length(OH, OW)
-    parallel_for(_columns_forward, N, x, wt, b2,
+    parallel_for(_columns_forward, N, x, wt, b6, np.arange(T) * L,
                  *_columns_geometry(KH, KW, stride, padding, dilation, OH, OW), L, y,
-                 scratch=[(wt.shape[1:] + (L,), x.dtype), ((2, L), x.dtype)])
+                 scratch=[((T, L), x.dtype), ((ROWS, L), x.dtype)])
     return y.reshape(N, OC, OH, OW)
 
 
 def _columns_conv_backward_data(dy, w, x_shape, stride, padding, dilation, OH, OW):
     N, OC = dy.shape[:2]
     _, C, KH, KW = w.shape
-    wt = _zero_pad(w.reshape(OC, C * KH * KW).T, (2, 4))  # (T2, OC4)
+    wt = _zero_pad(w.reshape(OC, C * KH * KW), (1, ROWS))  # (OC, T6)
     dx = np.empty(x_shape, dtype=dy.dtype)
     L = _columns_length(OH, OW)
     parallel_for(_columns_backward_data, N, dy.reshape(N, OC, OH * OW), wt,
+                 np.zeros(wt.shape[1], dy.dtype), np.arange(OC) * L,
                  *_columns_geometry(KH, KW, stride, padding, dilation, OH, OW), L, dx,
-                 scratch=[((wt.shape[1], L), dy.dtype), ((2, L), dy.dtype)])
+                 scratch=[((OC, L), dy.dtype), ((ROWS, L), dy.dtype)])
     return dx
 
 
@@ -696,14 +668,15 @@ def conv2d_forward(x, w, b, stride, padding, dilation):
     if method == "gemm":
         return _gemm_forward(x, w, b, stride, padding, dilation, OH, OW)
     Hp, Wp = H + 2 * padding[0], W + 2 * padding[1]
-    wt = _zero_pad(w.reshape(OC, C * KH * KW), (2, 4))
-    b2 = _zero_pad(np.zeros(OC, dtype=x.dtype) if b is None else b, (2,))
+    T = C * KH * KW
+    wt = _zero_pad(w.reshape(OC, T).T, (1, ROWS))  # (T, OC6)
+    b6 = _zero_pad(np.zeros(OC, dtype=x.dtype) if b is None else b, (ROWS,))
     offs = _tap_offsets(C, KH, KW, Hp, Wp, tuple(dilation), 4)
     y = np.empty((N, OC, OH, OW), dtype=x.dtype)
     L = _wide_length(OH, OW, Wp)
     span = int(offs.max()) + L
-    parallel_for(_direct_forward, N, x, wt, b2, offs, span, *padding, Hp, Wp, L, y,
-                 scratch=[((span,), x.dtype), ((2, L), x.dtype)])
+    parallel_for(_direct_forward, N, x, wt, b6, offs, T, *padding, Hp, Wp, L, y,
+                 scratch=[((span,), x.dtype), ((ROWS, L), x.dtype)])
     return y, None
 
 
@@ -720,13 +693,18 @@ def conv2d_backward_data(dy, w, x_shape, stride, padding, dilation):
     if method == "gemm":
         return _gemm_backward_data(dy, w, x_shape, stride, padding, dilation, OH, OW, _dy_t(dy))
     Hp, Wp = H + 2 * padding[0], W + 2 * padding[1]
-    wt = _zero_pad(w.reshape(OC, C, KH * KW).transpose(1, 2, 0), (2, 1, 4))  # (C2, KH*KW, OC4)
-    offs = _tap_offsets(1, KH, KW, Hp, Wp, tuple(dilation))
+    K = KH * KW
+    wt = _zero_pad(w.reshape(OC, C, K).transpose(2, 0, 1).reshape(K * OC, C), (1, ROWS))
+    offs = _tap_offsets(1, KH, KW, Hp, Wp, tuple(dilation))  # (K,)
+    p0 = padding[0] * Wp  # dx positions p0 .. p0 + Q: the rows of real pixels
+    Q = -(-((H - 1) * Wp + padding[1] + W) // WIDTH) * WIDTH
+    F = int(offs.max())
+    P = max(F + p0 + Q, F + OH * Wp)
+    taps = (np.arange(OC) * P + F + p0 - offs[:, None]).reshape(-1)  # (K*OC,), k major
     dx = np.empty(x_shape, dtype=dy.dtype)
-    L = _wide_length(OH, OW, Wp)
-    span = int(offs.max()) + L
-    parallel_for(_direct_backward_data, N, dy, wt, offs, span, *padding, Hp, Wp, L, dx,
-                 scratch=[((wt.shape[2], L), dy.dtype), ((2, span), dy.dtype)])
+    parallel_for(_direct_backward_data, N, dy, wt, np.zeros(wt.shape[1], dy.dtype), taps, F, p0,
+                 *padding, Hp, Wp, dx,
+                 scratch=[((OC, P), dy.dtype), ((ROWS, Q), dy.dtype)])
     return dx
 
 
