@@ -204,7 +204,7 @@ def _direct_backward_data(lo, hi, dy, wt, zero, taps, F, p0, ph, pw, Hp, Wp, dx,
     = oc*P + F + p0 - offs[k]; wt (K*OC, C6) is the weight as (tap, input channel), zero-
     padded to a multiple of 6 channels; zero (C6,) zeros, where the sums start. The taps go
     k by k, oc by oc, as the sums of the loops this replaced: the same bits. Work buffers:
-    dyf, zero, and acc (6, Q), Q the positions computed (a multiple of 16).
+    dyf, zero-filled, and acc (6, Q), Q the positions computed (a multiple of 16).
     """
     OC, OH, OW = dy.shape[1], dy.shape[2], dy.shape[3]
     C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
@@ -391,7 +391,7 @@ def _columns_backward_data(lo, hi, dy, wt, zero, rows, KH, KW, SH, SW, PH, PW, D
     gradient, six taps at a time, = wt.T (T6, OC) @ dy[n] (OC, L) by ``tile_fma`` (wt: the
     weight as (OC, T), zero-padded to T6 a multiple of 6 taps; zero (T6,) zeros; rows[oc] =
     oc*L; dy's positions from OH*OW zero), then each tap's gradient is added back where
-    ``_columns`` read it. Work buffers: dyw (OC, L), zero, and acc (6, L)."""
+    ``_columns`` read it. Work buffers: dyw (OC, L), zero-filled, and acc (6, L)."""
     OC = dy.shape[1]
     C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
     T6 = wt.shape[1]
