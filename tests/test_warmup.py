@@ -66,3 +66,19 @@ def test_no_second_process_when_nothing_would_compile_or_in_a_world_of_several()
     cold_cache = types.SimpleNamespace(backend=types.SimpleNamespace(compile_note=lambda: "cold"))
     assert warmup.start(cold_cache, 2, "lenet5", "mnist", "256,128", False) is None
     warmup.finish(None, print)  # nothing to wait for
+
+
+def test_finish_says_how_much_of_the_compile_overlapped_the_reading():
+    said = []
+    log = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"],
+                            stdout=subprocess.DEVNULL, stderr=log)
+    warmup.finish(warmup.Warmup(proc, log), said.append)  # still running: waits, then says
+    assert said[0].startswith("compiling the CPU kernels in a second process")
+    assert said[1].startswith("CPU kernels compiled in ") and "s of it while the data set" in said[1]
+    said.clear()
+    log = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen([sys.executable, "-c", "pass"], stdout=subprocess.DEVNULL, stderr=log)
+    proc.wait()  # done before finish: no time claimed for it
+    warmup.finish(warmup.Warmup(proc, log), said.append)
+    assert said == ["CPU kernels compiled in a second process while the data set was read"]

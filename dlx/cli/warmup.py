@@ -68,7 +68,8 @@ def finish(warm: Warmup | None, say) -> None:
     if warm is None:
         return
     try:
-        if warm.proc.poll() is None:
+        running = warm.proc.poll() is None
+        if running:
             say("compiling the CPU kernels in a second process (first run with this install "
                 "only; cached on disk afterwards)")
         t_wait = time.perf_counter()
@@ -76,12 +77,11 @@ def finish(warm: Warmup | None, say) -> None:
             code = warm.proc.wait(timeout=WAIT_S)
         except subprocess.TimeoutExpired:
             code = "timed out"
-        now = time.perf_counter()
-        took, overlapped = now - warm.t0, t_wait - warm.t0
+        took, overlapped = time.perf_counter() - warm.t0, t_wait - warm.t0
         if code == 0:
-            say(f"CPU kernels compiled in {took:.1f} s in a second process, "
-                + (f"{overlapped:.1f} s of it while the data set was read" if took - overlapped > 0.05
-                   else "while the data set was read"))
+            say(f"CPU kernels compiled in {took:.1f} s in a second process, {overlapped:.1f} s "
+                f"of it while the data set was read" if running else
+                "CPU kernels compiled in a second process while the data set was read")
         else:
             warm.log.seek(0)
             lines = warm.log.read().strip().splitlines()
