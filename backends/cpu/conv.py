@@ -49,7 +49,7 @@ from .threads import num_threads, parallel_for, parallel_matmul
 # Numba's cache keys a kernel by its own file's content, and the kernels here inline
 # simd.tile_fma: this hash of simd.py (tests/test_kernels.py checks it) changes this file
 # whenever simd.py changes, so that kernels compiled from an older simd.py are not loaded.
-SIMD_SOURCE_SHA256 = "987a3078720ce84d"
+SIMD_SOURCE_SHA256 = "26bb9da32c26d368"
 
 # The weight gradients' fast-math flags: "contract" lets LLVM fuse a*b + c into one FMA (one
 # rounding instead of two: at least as accurate), "reassoc" lets it vectorise their dot
@@ -201,7 +201,7 @@ def _direct_forward(lo, hi, x, wt, b, offs, T, ph, pw, Hp, Wp, L, y, xw, acc):
 
 
 @njit(nogil=True, cache=True)
-def _direct_backward_data(lo, hi, dy, wt, zero, taps, F, p0, ph, pw, Hp, Wp, dx, dyf, acc):
+def _direct_backward_data(lo, hi, dy, wt, zero, taps, F, p0, ph, pw, Wp, dx, dyf, acc):
     """dx (N, C, H, W): the adjoint of ``_direct_forward``, as a correlation of dy with the
     weight turned around: dx_pad[n, c].flat[p] = sum over taps (k, oc) of wt[k*OC + oc, c] *
     dy_wide[n, oc, p - offs[k]], for the padded-plane positions p from p0 (the first real
@@ -710,7 +710,7 @@ def conv2d_backward_data(dy, w, x_shape, stride, padding, dilation):
     taps = (np.arange(OC) * P + F + p0 - offs[:, None]).reshape(-1)  # (K*OC,), k major
     dx = np.empty(x_shape, dtype=dy.dtype)
     parallel_for(_direct_backward_data, N, dy, wt, np.zeros(wt.shape[1], dy.dtype), taps, F, p0,
-                 *padding, Hp, Wp, dx,
+                 *padding, Wp, dx,
                  scratch=[((OC, P), dy.dtype), ((ROWS, Q), dy.dtype)])
     return dx
 

@@ -28,11 +28,12 @@ loops they replace -> tile_fma (2026-12-01): forward, LeNet-5 conv1 (3 -> 6, 5x5
 128) 1.92 -> 1.45 ms, conv2 (6 -> 16, 5x5, 14x14) 1.79 -> 1.10 ms; backward-data, conv2
 1.57 -> 1.20 ms, 64 -> 64 3x3 pad 1 on 32x32 145 -> 113 ms; the DCGAN's first convolution
 (columns, 1 -> 64, 4x4 stride 2, batch 128) forward 1.64 -> 1.29 ms, backward-data 1.50 ->
-1.27 ms. Tiles of 4 rows (8 registers) were slower on conv1 (6 channels padded to 8), 3 rows
-by 32 positions no better. The same idea for the weight gradient (a 4 x 3 tile of dot
-products in registers, lanes added at the end) ran 0.98x / 1.22x / 1.17x on three layers and
-changed the bits (another summation order); summing a whole batch slice per tile was slower
-still (0.73x on conv1: each tile streams the slice from L2); not used.
+1.27 ms. Tiles of 4 rows (8 registers) were slower on conv1 (6 channels padded to 8), and 3
+rows by 32 positions slower than the old loops there (1.48 -> 1.89 ms). The same idea for
+the weight gradient (a 4 x 3 tile of dot products in registers, lanes added at the end) ran
+0.98x / 1.22x / 1.17x on three layers and changed the bits (another summation order);
+summing a whole batch slice per tile was slower still (0.73x on conv1: each tile streams the
+slice from L2); not used.
 
 Numba's on-disk cache keys a kernel by the content of the file it is defined in: kernels that
 inline this file's code do not see it change. conv.py carries this file's hash
