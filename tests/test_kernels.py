@@ -259,31 +259,33 @@ def test_cpu_conv_matches_reference(seed):
 
 
 @pytest.mark.parametrize("seed", range(1, 40, 2))  # stride-1 cases
-@pytest.mark.parametrize("method", ["direct", "columns", "gemm"])
+@pytest.mark.parametrize("method", ["direct", "columns", "gather"])
 def test_cpu_conv_every_method_at_stride_1(seed, method, monkeypatch):
     monkeypatch.setattr(cpu_conv, "_method", lambda *geometry: method)
     check_cpu_conv(seed)
 
 
 @pytest.mark.parametrize("seed", range(0, 40, 2))  # strided cases (the direct loops need stride 1)
-@pytest.mark.parametrize("method", ["columns", "gemm"])
+@pytest.mark.parametrize("method", ["columns", "gather"])
 def test_cpu_conv_both_strided_methods(seed, method, monkeypatch):
-    """Every strided case by both methods, whatever its number of taps (the rule sends those
-    with few taps to the columns, the others to im2row + BLAS)."""
+    """Every strided case by both methods, whatever its taps and channels (the rule sends
+    those with few of either to the columns, the others to the gather kernels)."""
     monkeypatch.setattr(cpu_conv, "_method", lambda *geometry: method)
     check_cpu_conv(seed)
 
 
 def test_cpu_conv_method_rule():
     """Stride 1 -> direct loops (unless many channels meet a small image); strided with at
-    most _COLUMNS_MAX_TAPS taps -> columns; else im2row + BLAS."""
+    most _COLUMNS_MAX_TAPS taps or fewer than _GATHER_MIN_CHANNELS channels -> columns;
+    else the gather kernels (implicit GEMM)."""
     method = cpu_conv._method
     assert method(3, 6, 5, 5, 28, 28, (1, 1)) == "direct"  # LeNet-5 conv1
-    assert method(128, 128, 3, 3, 8, 8, (1, 1)) == "gemm"
+    assert method(128, 128, 3, 3, 8, 8, (1, 1)) == "gather"
     assert method(1, 64, 4, 4, 14, 14, (2, 2)) == "columns"  # DCGAN discriminator conv1
     assert method(2, 64, 4, 4, 14, 14, (2, 2)) == "columns"
-    assert method(3, 64, 4, 4, 14, 14, (2, 2)) == "gemm"  # 48 taps
-    assert method(64, 128, 4, 4, 7, 7, (2, 2)) == "gemm"  # its conv2
+    assert method(3, 64, 4, 4, 14, 14, (2, 2)) == "columns"  # 48 taps, but 3 channels
+    assert method(8, 64, 4, 4, 14, 14, (2, 2)) == "gather"
+    assert method(64, 128, 4, 4, 7, 7, (2, 2)) == "gather"  # its conv2
 
 
 def check_cpu_conv(seed):
@@ -348,30 +350,26 @@ def test_cpu_conv_lenet_shapes(x_shape, w_shape):
 
 
 @pytest.mark.parametrize("x_shape,w_shape,stride", [
-    ((4, 64, 14, 14), (128, 64, 4, 4), (2, 2)),  # DCGAN discriminator conv2 (split GEMMs)
+    ((4, 64, 14, 14), (128, 64, 4, 4), (2, 2)),  # DCGAN discriminator conv2 (gather)
     ((3, 1, 28, 28), (64, 1, 4, 4), (2, 2)),  # DCGAN discriminator conv1
     ((2, 64, 14, 14), (1, 64, 4, 4), (2, 2)),  # the generator's last ConvTranspose2d, as a conv
 ])
 def test_cpu_conv_dcgan_shapes(x_shape, w_shape, stride):
-    """The DCGAN's strided convolutions at their channel counts: conv2 by im2row, with split
-    GEMMs; conv1 and the generator's last layer (16 taps) by the per-sample columns."""
+    """The DCGAN's strided convolutions at their channel counts: conv2 by the gather
+    kernels; conv1 and the generator's last layer (16 taps) by the per-sample columns."""
     _check_cpu_conv(x_shape, w_shape, (stride, (1, 1), (1, 1)), seed=5)
 
 
 @pytest.mark.parametrize("x_shape,w_shape,stride,padding", [
-    ((4, 64, 14, 14), (128, 64, 4, 4), (2, 2), (1, 1)),  # im2row: the rows are kept
-    ((3, 3, 28, 28), (64, 3, 4, 4), (2, 2), (1, 1)),  # im2row, few taps
-    ((3, 1, 28, 28), (64, 1, 4, 4), (2, 2), (1, 1)),  # columns: nothing is kept
+    ((4, 64, 14, 14), (128, 64, 4, 4), (2, 2), (1, 1)),  # gather: x's padded copy is kept
+    ((3, 12, 9, 9), (20, 12, 3, 3), (2, 2), (1, 1)),  # gather, channels padded to 16
+    ((3, 3, 28, 28), (64, 3, 4, 4), (2, 2), (1, 1)),  # columns (3 channels): nothing is kept
     ((2, 3, 9, 9), (4, 3, 3, 3), (1, 1), (1, 1)),  # direct: nothing is kept
 ])
-@pytest.mark.parametrize("chunked", [False, True])
-def test_cpu_conv_forward_keeps_rows_for_the_weight_gradient(x_shape, w_shape, stride, padding,
-                                                             chunked, monkeypatch):
-    """conv2d_forward's kept rows and conv2d_backward's one move of dy give the bits of the
-    separate calls that gather everything again; rows made in chunks are not kept, and kept
-    rows of the wrong shape are ignored."""
-    if chunked:  # one sample per chunk
-        monkeypatch.setattr(cpu_conv, "_ROWS_BYTES", 1)
+def test_cpu_conv_forward_keeps_its_input_copy_for_the_weight_gradient(x_shape, w_shape, stride,
+                                                                       padding):
+    """conv2d_forward's kept copy of x and conv2d_backward give the bits of the separate
+    calls that make everything again; a kept copy of the wrong shape is ignored."""
     rng = np.random.default_rng(8)
     geo = (stride, padding, (1, 1))
     x = rng.standard_normal(x_shape).astype(np.float32)
@@ -379,15 +377,15 @@ def test_cpu_conv_forward_keeps_rows_for_the_weight_gradient(x_shape, w_shape, s
     b = rng.standard_normal(w_shape[0]).astype(np.float32)
     y, kept = cpu_conv.conv2d_forward(x, w, b, *geo)
     np.testing.assert_array_equal(y, cpu_conv.conv2d(x, w, b, *geo))
-    gemm = cpu_conv._method(x_shape[1], w_shape[0], *w_shape[2:], *y.shape[2:], stride) == "gemm"
-    assert (kept is not None) == (gemm and not chunked)
+    gather = cpu_conv._method(x_shape[1], w_shape[0], *w_shape[2:], *y.shape[2:], stride) == "gather"
+    assert (kept is not None) == gather
     dy = rng.standard_normal(y.shape).astype(np.float32)
     want_dx = cpu_conv.conv2d_backward_data(dy, w, x_shape, *geo)
     want_dw = cpu_conv.conv2d_backward_weight(x, dy, w_shape, *geo)
     dx, dw, db = cpu_conv.conv2d_backward(x, w, dy, *geo, kept=kept)
     np.testing.assert_array_equal(dx, want_dx)
     np.testing.assert_array_equal(dw, want_dw)
-    if gemm or stride == (1, 1):
+    if gather or stride == (1, 1):
         np.testing.assert_array_equal(db, dy.sum(axis=(0, 2, 3)))
     else:  # the columns' weight-gradient pass sums dy for the bias gradient too
         dy64 = dy.astype(np.float64)
@@ -398,7 +396,7 @@ def test_cpu_conv_forward_keeps_rows_for_the_weight_gradient(x_shape, w_shape, s
     if kept is not None:
         np.testing.assert_array_equal(
             cpu_conv.conv2d_backward_weight(x, dy, w_shape, *geo, kept=kept), want_dw)
-        wrong = kept[:-1]  # another x's rows: recomputed, not used
+        wrong = kept[:-1]  # another x's copy: made again, not used
         np.testing.assert_array_equal(
             cpu_conv.conv2d_backward_weight(x, dy, w_shape, *geo, kept=wrong), want_dw)
         with pytest.raises(ValueError, match="dy has shape"):
@@ -494,6 +492,57 @@ def test_tile_fma_is_the_sum_over_taps_in_order(dtype):
                                   np.repeat(init[r0:r0 + ROWS, None], WIDTH, axis=1))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ostride", [1, 3])
+def test_tile_gather_fma_is_the_sum_over_taps_in_order(dtype, ostride):
+    """tile_gather_fma adds to out[orow[k] + q*ostride] the sum over t of a[arow[k] + aoff[t]]
+    * b[boff[t] + b0 + q], k < 6, q < 16, fused multiply-adds in tap order from out's value
+    (the plain loop's bits), whole vectors (ostride 1) or element by element; rows that
+    repeat another row's offsets get the same value, not the sum twice; nothing else of out
+    is written."""
+    from dlx.backends.cpu.simd import ROWS, WIDTH, tile_gather_fma
+    from numba import njit
+
+    @njit(fastmath={"contract"})
+    def loops(a, arow, aoff, b, boff, b0, T, out, orow, ostride):
+        start = out.copy()
+        for k in range(ROWS):
+            for q in range(WIDTH):
+                s = start[orow[k] + q * ostride]
+                for t in range(T):
+                    s = s + a[arow[k] + aoff[t]] * b[boff[t] + b0 + q]
+                out[orow[k] + q * ostride] = s
+
+    @njit
+    def tile(a, arow, aoff, b, boff, b0, T, out, orow, ostride):
+        tile_gather_fma(a, arow, aoff, b, boff, b0, T, out, orow, ostride)
+
+    rng = np.random.default_rng(4)
+    a, b = rng.standard_normal(200).astype(dtype), rng.standard_normal(300).astype(dtype)
+    T, b0 = 37, 7
+    arow = np.array([0, 5, 9, 9, 40, 2])  # rows 2 and 3 the same: a padded tile
+    aoff, boff = rng.integers(0, 150, T + 3), rng.integers(0, 300 - b0 - WIDTH, T + 3)
+    orow = np.array([0, 100, 300, 300, 500, 900])
+    out = rng.standard_normal(1000).astype(dtype)
+    got, want = out.copy(), out.copy()
+    tile(a, arow, aoff, b, boff, b0, T, got, orow, ostride)
+    loops(a, arow, aoff, b, boff, b0, T, want, orow, ostride)
+    np.testing.assert_array_equal(got, want)
+    written = np.zeros(out.size, bool)
+    for k in range(ROWS):
+        written[orow[k] + np.arange(WIDTH) * ostride] = True
+    np.testing.assert_array_equal(got[~written], out[~written])
+    rows = orow[:, None] + np.arange(WIDTH) * ostride
+    exact = out[rows].astype(np.float64) + np.einsum(
+        "kt,tq->kq", a[arow[:, None] + aoff[None, :T]].astype(np.float64),
+        b[boff[:T, None] + b0 + np.arange(WIDTH)].astype(np.float64))
+    np.testing.assert_allclose(got[rows], exact, rtol=T * np.finfo(dtype).eps * 8,
+                               atol=T * np.finfo(dtype).eps * 8)
+    none = out.copy()
+    tile(a, arow, aoff, b, boff, b0, 0, none, orow, ostride)  # no taps: out unchanged
+    np.testing.assert_array_equal(none, out)
+
+
 def test_parallel_for_runs_every_block_once_and_raises_a_blocks_error():
     """parallel_for hands [n*p//P, n*(p+1)//P) to kernel(lo, hi, *args), one block per
     thread, and the first block's or any other block's exception reaches the caller."""
@@ -540,22 +589,23 @@ def test_parallel_for_runs_every_block_once_and_raises_a_blocks_error():
 @pytest.mark.parametrize("count", [2, 3])
 def test_cpu_kernels_give_the_same_bits_on_any_thread_count(count):
     """Blocks of the outer loop change nothing in the arithmetic: conv forward and
-    backward-data (direct and im2row paths), max pooling and batch norm give the same bits
+    backward-data (direct, gather and columns paths), max pooling and batch norm give the same bits
     on one thread and on ``count`` (the backward-weight's partial sums follow the thread
     count, as Numba's prange did: not compared)."""
     from dlx.backends.cpu import normalization, threads
 
     threads.configure()
     rng = np.random.default_rng(11)
-    x = rng.standard_normal((5, 4, 9, 9)).astype(np.float32)
-    convs = [(rng.standard_normal((6, 4, 3, 3)).astype(np.float32), ((1, 1), (1, 1), (1, 1))),
-             (rng.standard_normal((6, 4, 4, 4)).astype(np.float32), ((2, 2), (1, 1), (1, 1)))]
+    x = rng.standard_normal((5, 8, 9, 9)).astype(np.float32)
+    convs = [(rng.standard_normal((6, 8, 3, 3)).astype(np.float32), ((1, 1), (1, 1), (1, 1))),
+             (rng.standard_normal((6, 8, 4, 4)).astype(np.float32), ((2, 2), (1, 1), (1, 1))),
+             (rng.standard_normal((6, 2, 4, 4)).astype(np.float32), ((2, 2), (1, 1), (1, 1)))]
 
     def run():
         out = []
         for w, geo in convs:
-            y = cpu_conv.conv2d(x, w, None, *geo)
-            out += [y, cpu_conv.conv2d_backward_data(y, w, x.shape, *geo)]
+            y = cpu_conv.conv2d(x[:, :w.shape[1]], w, None, *geo)
+            out += [y, cpu_conv.conv2d_backward_data(y, w, (5, w.shape[1], 9, 9), *geo)]
         y, am = cpu_pool.max_pool2d(x, (2, 2), (2, 2), (0, 0))
         out += [y, am, cpu_pool.max_pool2d_backward(y, am, x.shape, (2, 2), (2, 2), (0, 0))]
         y, saved, _ = normalization.batch_norm_forward(x, None, None, None, None, True, 1e-5)

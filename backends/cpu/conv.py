@@ -17,15 +17,16 @@ Three methods, picked per call by ``_method``:
   stays in cache, and ``tile_fma`` multiplies it with the weight (backward-weight: the direct
   loops' two-by-four dot products), writing NCHW outputs (and gradients) with no
   transposes. BLAS does poorly on products with so few taps (K = 16: ~23 GMAC/s).
-* im2row + BLAS, for other strided convolutions and for many channels on small images (DCGAN):
-  the input is copied once to channels-last, zero-padded (N, Hp, Wp, C); then the window of
-  output pixel (n, oh, ow) is KH*KW contiguous runs of C values, which Numba copies into row
-  n*OH*OW + oh*OW + ow of rows (N*OH*OW, KH*KW*C), and large matmuls do the arithmetic
-  (outputs transposed back to NCHW). Backward-data scatters the rows
-  back the same way. Measured on the DCGAN discriminator's 64->128 4x4/2 conv (batch 64,
-  14x14, quiet 2-core VM, 2026-12-01): gathering columns (C*KH*KW, N*OH*OW) straight from
-  NCHW, 7-element strided runs, took 2.25 ms against 0.17 (channels-last copy) + 0.38
-  (im2row); forward 6.3 -> 4.6 ms, backward-data 5.8 -> 4.3, backward-weight 6.3-6.4 -> 4.5.
+* gather (implicit GEMM), for other strided convolutions and for many channels on small
+  images (the DCGAN's 64 <-> 128 layers): the products of im2row + GEMM without the row
+  matrix. The input is copied once to channels-last, zero-padded, channels padded to whole
+  16-float vectors (N, Hp, Wp, Cp); ``simd.tile_gather_fma`` then reads each output
+  position's window in place through offsets (its tap (i, j, c) at (i*DH*Wp + j*DW)*Cp + c
+  from the window's start), 6 x 16 sums per call, and writes NCHW outputs, adds
+  backward-data's window entries back in place (the scatter of row2im) and sums the weight
+  gradient per thread. It replaced im2row + OpenBLAS (the DCGAN epoch on the CPU was
+  0.88-0.97x PyTorch's, with ~60 % of its step in these two layers): see the "gather"
+  section below for the measurements.
 
 Measurements and the reasons for these choices: benchmarks/kernels_cpu.py. Accumulation
 order differs from the reference backend, so results agree to rounding.
@@ -43,13 +44,13 @@ import numpy as np
 from numba import njit
 
 from ..base import conv2d_output_size
-from .simd import ROWS, WIDTH, tile_fma
-from .threads import num_threads, parallel_for, parallel_matmul
+from .simd import ROWS, WIDTH, tile_fma, tile_gather_fma
+from .threads import num_threads, parallel_for
 
 # Numba's cache keys a kernel by its own file's content, and the kernels here inline
 # simd.tile_fma: this hash of simd.py (tests/test_kernels.py checks it) changes this file
 # whenever simd.py changes, so that kernels compiled from an older simd.py are not loaded.
-SIMD_SOURCE_SHA256 = "26bb9da32c26d368"
+SIMD_SOURCE_SHA256 = "dbb4e56fc3f1fb55"
 
 # The weight gradients' fast-math flags: "contract" lets LLVM fuse a*b + c into one FMA (one
 # rounding instead of two: at least as accurate), "reassoc" lets it vectorise their dot
@@ -62,7 +63,6 @@ _FMA_SUM = {"contract", "reassoc"}
 # the loop does not vectorise (as in activation.py). Measured, 12 interleaved rounds, same
 # bits (AMD EPYC, 2026-12-01, batch 128, ms): LeNet-5 conv1 forward 1.66 -> 1.07, its weight
 # gradient 1.97 -> 1.37, a 3 -> 6 5x5 backward-data 2.51 -> 2.08, conv2 forward 1.24 -> 0.99.
-# im2row's runs of C channels showed no change (20.3 ms either way at batch 128): left as is.
 
 # _NO_SLICE_COPIES: inside the kernels, arrays are copied element by element, never as
 # ``dst[a:b] = src[c:d]``. Numba compiles an array-to-array slice assignment with its
@@ -72,19 +72,24 @@ _FMA_SUM = {"contract", "reassoc"}
 # (``a[:] = 0``, 0.30 s) are fine; ``offs.max()`` (0.80 s) is not called in the kernels
 # (the largest tap offset arrives in ``span``).
 
-# Direct loops beat im2col + BLAS at stride 1 unless C*OC is large and OH*OW small.
+# Direct loops beat im2col + BLAS (and so the gather kernels, which beat it there too)
+# at stride 1 unless C*OC is large and OH*OW small.
 _DIRECT_MAX_C_OC = 4096
 _DIRECT_MIN_PIXELS = 256
 # Strided convolutions with at most this many taps per output (C*KH*KW) compute each
-# sample's columns and their products in Numba, straight into NCHW; more taps go to BLAS.
+# sample's columns and their products in Numba, straight into NCHW; more taps went to BLAS.
 # Measured at batch 64, 4x4 stride 2, 64 output channels, one process, 2 threads (AMD EPYC,
 # 2026-12-01; im2row + BLAS -> columns, ms): 16 taps (the DCGAN's first conv, 28 -> 14):
 # forward 1.66 -> 0.55, backward-data 1.45 -> 0.45, backward-weight and bias 0.86 -> 0.45;
 # 32 taps: 2.18 -> 1.32, 1.50 -> 0.84, 1.05 -> 0.83; 64 taps: 2.37 -> 1.61, 1.98 -> 1.64,
 # 1.72 -> 2.53 (slower); 1024 taps (its second conv): 2.4-2.8x slower.
 _COLUMNS_MAX_TAPS = 32
-# im2row is done in batch chunks so that the rows stay under this many bytes.
-_ROWS_BYTES = 64 << 20
+# ... and so do those with fewer input channels than this, whatever their taps: the gather
+# kernels pad the channels to 16, so 3 channels do 16/3 the work. Forward + both backwards,
+# batch 64, stride 2, medians of 8 interleaved rounds (AMD EPYC, 2026-12-01, ms; im2row +
+# BLAS / gather / columns): 3 -> 64 4x4 on 28x28 11.7 / 14.1 / 6.4; 3 -> 32 5x5 on 32x32
+# 9.7 / 10.9 / 7.3; 8 -> 64 4x4 18.0 / 15.1 / 15.4.
+_GATHER_MIN_CHANNELS = 8
 
 
 def _check(name, *arrays):
@@ -112,12 +117,15 @@ def _sizes(x_shape, w_shape, stride, padding, dilation):
 
 
 def _method(C, OC, KH, KW, OH, OW, stride):
-    """"direct" for stride 1, unless many channels meet a small image (then the wide rows and
-    the im2col overhead tip the other way; measured in benchmarks/kernels_cpu.py); else
-    "columns" for few taps (C*KH*KW <= _COLUMNS_MAX_TAPS), else "gemm" (im2row + BLAS)."""
+    """"direct" for stride 1, unless many channels meet a small image (then the wide rows
+    tip the other way; measured in benchmarks/kernels_cpu.py); else "columns" for few taps
+    (C*KH*KW <= _COLUMNS_MAX_TAPS) or few channels (C < _GATHER_MIN_CHANNELS), else "gather"
+    (implicit GEMM)."""
     if tuple(stride) == (1, 1) and (C * OC <= _DIRECT_MAX_C_OC or OH * OW >= _DIRECT_MIN_PIXELS):
         return "direct"
-    return "columns" if C * KH * KW <= _COLUMNS_MAX_TAPS else "gemm"
+    if C * KH * KW <= _COLUMNS_MAX_TAPS or C < _GATHER_MIN_CHANNELS:
+        return "columns"
+    return "gather"
 
 
 @functools.lru_cache(maxsize=256)
@@ -483,14 +491,46 @@ def _columns_conv_backward_weight(x, dy, w_shape, stride, padding, dilation, OH,
     return dw, bias_parts.sum(axis=0)
 
 
-# ----------------------------------------------------------------------------- im2row
+# ----------------------------------------------------------------------------- gather
+# Implicit GEMM: the products of im2row + BLAS, with the windows read in place instead of
+# copied into a row matrix. The input is copied once to channels-last, zero-padded, with its
+# channels padded to whole 16-float vectors: xp (N, Hp, Wp, Cp). The window of output
+# position (n, oh, ow) then starts at ((n*Hp + oh*SH)*Wp + ow*SW)*Cp, and its tap (i, j, c)
+# is ``taps[t] = (i*DH*Wp + j*DW)*Cp + c`` further on. ``tile_gather_fma`` sums 6 x 16
+# products per call with its operands read through such offsets:
+#
+# * forward: 6 output positions x 16 output channels, over the taps (a = xp, b = the weight
+#   packed as (OCp/16, K, 16) panels), y stored straight into NCHW (16 channels L apart);
+# * backward-data: 6 positions x 16 entries of their windows (one tap group: (i, j) and 16
+#   channels), over the output channels (a = dy, b = the weight packed as (G, OC, 16)),
+#   added into dxp: the columns' scatter-add (row2im) happens in the registers' store;
+# * backward-weight: 6 taps x 16 output channels, over the output positions of a slice of
+#   the batch (a = xp, b = dy moved to panels of 16 channels), added into that slice's
+#   partial dw.
+#
+# Offsets that are a fixed stride (the output channels in backward-data, the packed rows)
+# are passed as that stride, not as an array: one integer load per tap less took
+# backward-data from 21 to 30 GMAC/s on one thread. The backward-weight kernel takes each
+# block of positions' windows for all 16-channel panels before the next 6 taps (28 -> 31
+# GMAC/s). Measured on the DCGAN discriminator's 64 -> 128 4x4/2 convolution (AMD EPYC,
+# 2026-12-01): one thread, batch 64, each kernel 29-32 GMAC/s, where OpenBLAS's sgemm on
+# im2row's rows made 32-39; but with the copies of im2row + BLAS gone, and their memory
+# traffic, which did not scale to the second core, the forward took 8.7 against 10.3 ms on
+# two threads (PyTorch channels_last: 7.2). benchmarks/results/ (pass 6) has the whole
+# comparison.
+
+
+def _lanes(C):
+    """C rounded up to whole 16-float tiles: the channel count of the channels-last copies."""
+    return -(-C // WIDTH) * WIDTH
 
 
 @njit(nogil=True, cache=True)
 def _pad_nhwc(lo, hi, x, PH, PW, xp):
-    """xp (N, Hp, Wp, C) = x (N, C, H, W) moved to channels-last and zero-padded by (PH, PW)."""
+    """xp (N, Hp, Wp, Cp) = x (N, C, H, W) moved to channels-last, zero-padded by (PH, PW),
+    and with zero channels C .. Cp."""
     N, C, H, W = x.shape
-    Hp, Wp = xp.shape[1], xp.shape[2]
+    Hp, Wp, Cp = xp.shape[1], xp.shape[2], xp.shape[3]
     for n in range(lo, hi):
         xn, pn = x[n], xp[n]
         for h in range(Hp):
@@ -498,19 +538,23 @@ def _pad_nhwc(lo, hi, x, PH, PW, xp):
                 pn[h] = 0
                 continue
             for w in range(Wp):
+                px = pn[h, w]
                 if w < PW or w >= PW + W:
-                    pn[h, w] = 0
-                else:
-                    for c in range(C):
-                        pn[h, w, c] = xn[c, h - PH, w - PW]
+                    px[:] = 0
+                    continue
+                for c in range(C):
+                    px[c] = xn[c, h - PH, w - PW]
+                for c in range(C, Cp):
+                    px[c] = 0
     return xp
 
 
 @njit(nogil=True, cache=True)
 def _crop_nchw(lo, hi, xp, PH, PW, x):
-    """x (N, C, H, W) = the interior of xp (N, Hp, Wp, C), back in channels-first order.
-    Reads each pixel's C values as one run and scatters them (the DCGAN's (64, 64, 14, 14),
-    one thread: 0.31 ms, against 0.79 gathering each output plane; AMD EPYC, 2026-12-01)."""
+    """x (N, C, H, W) = the interior of xp (N, Hp, Wp, Cp), its first C channels, back in
+    channels-first order. Reads each pixel's channels as one run and scatters them (the
+    DCGAN's (64, 64, 14, 14), one thread: 0.31 ms, against 0.79 gathering each output plane;
+    AMD EPYC, 2026-12-01)."""
     N, C, H, W = x.shape
     for n in range(lo, hi):
         xn = x[n]
@@ -523,134 +567,202 @@ def _crop_nchw(lo, hi, xp, PH, PW, x):
     return x
 
 
-@njit(nogil=True, cache=True)
-def _im2row(lo, hi, xp, KH, KW, SH, SW, DH, DW, OH, OW, rows):
-    """rows (N*OH*OW, KH*KW*C): row n*OH*OW + oh*OW + ow, columns (i*KW + j)*C .. + C, hold
-    xp[n, oh*SH + i*DH, ow*SW + j*DW, :] (xp padded and channels-last: one run per tap)."""
-    C = xp.shape[3]
-    L = OH * OW
-    for n in range(lo, hi):
-        for oh in range(OH):
-            for ow in range(OW):
-                row = rows[n * L + oh * OW + ow]
-                for i in range(KH):
-                    for j in range(KW):
-                        src = xp[n, oh * SH + i * DH, ow * SW + j * DW]
-                        base = (i * KW + j) * C
-                        for c in range(C):
-                            row[base + c] = src[c]
-    return rows
+@njit(cache=True)
+def _window(q, L, OW, SH, SW, Hp, Wp, Cp):
+    """Where the window of output position q (= n*L + oh*OW + ow) starts in xp, flat."""
+    n, pos = q // L, q % L
+    return ((n * Hp + pos // OW * SH) * Wp + pos % OW * SW) * Cp
 
 
 @njit(nogil=True, cache=True)
-def _row2im(lo, hi, rows, KH, KW, SH, SW, DH, DW, OH, OW, dxp):
-    """dxp (N, Hp, Wp, C) = the sum of every rows entry at the padded position it came from
-    (the adjoint of ``_im2row``)."""
-    C = dxp.shape[3]
-    L = OH * OW
+def _gather_forward(lo, hi, xp, taps, wp, b, SH, SW, OW, y, arow, orow):
+    """y (N, OCp, L) = b[oc] + sum over taps t of wp[oc // 16, t, oc % 16] * xp.flat[window
+    of (n, l) + taps[t]], for the samples lo .. hi: 6 positions by 16 channels per
+    ``tile_gather_fma`` (b = the packed weight, its rows 16 apart). Work: arow, orow (6,)."""
+    Hp, Wp, Cp = xp.shape[1], xp.shape[2], xp.shape[3]
+    OCp, L = y.shape[1], y.shape[2]
+    J, K = wp.shape[0], wp.shape[1]
     for n in range(lo, hi):
-        dn = dxp[n]
-        dn[:] = 0
-        for oh in range(OH):
-            for ow in range(OW):
-                row = rows[n * L + oh * OW + ow]
-                for i in range(KH):
-                    for j in range(KW):
-                        dst = dn[oh * SH + i * DH, ow * SW + j * DW]
-                        base = (i * KW + j) * C
-                        for c in range(C):
-                            dst[c] += row[base + c]
-    return dxp
+        for oc in range(OCp):
+            y[n, oc] = b[oc]
+    xf, wf, yf = xp.reshape(-1), wp.reshape(-1), y.reshape(-1)
+    last = hi * L - 1
+    for p in range(lo * L, hi * L, ROWS):
+        for k in range(ROWS):  # a last, partial tile repeats its last position
+            q = min(p + k, last)
+            arow[k] = _window(q, L, OW, SH, SW, Hp, Wp, Cp)
+            orow[k] = q // L * OCp * L + q % L
+        for j in range(J):
+            tile_gather_fma(xf, arow, taps, wf, WIDTH, j * K * WIDTH, K, yf, orow, L)
+            for k in range(ROWS):
+                orow[k] += WIDTH * L
 
 
-def _batches(N, per_sample_bytes):
-    step = max(1, _ROWS_BYTES // max(1, per_sample_bytes))
-    return [(n, min(N, n + step)) for n in range(0, N, step)]
+@njit(nogil=True, cache=True)
+def _gather_backward_data(lo, hi, dy, wq, KW, DH, DW, SH, SW, OW, per, dxp, arow, base, orow):
+    """dxp (N, Hp, Wp, Cp) = the sum, over output positions (n, l) and output channels oc,
+    of dy[n, oc, l] times the weight laid over the window of (n, l): for each tap group g
+    (kernel tap (i, j), channels c0 .. c0 + 16), 6 positions by 16 channels per
+    ``tile_gather_fma`` (a = dy, channels L apart; b = wq (G, OC, 16), rows 16 apart),
+    added into dxp in place. ``per`` samples at a time, so that each group's weights are
+    read from the first-level cache for all of their positions; whole samples, so that each
+    pixel's sum runs in the same order on any number of threads. Samples lo .. hi (their
+    windows are theirs alone). Work: arow, base (per*L rounded up to 6,), orow (6,)."""
+    N, OC, L = dy.shape
+    Hp, Wp, Cp = dxp.shape[1], dxp.shape[2], dxp.shape[3]
+    G = wq.shape[0]
+    groups = Cp // WIDTH
+    for n in range(lo, hi):
+        dxp[n] = 0
+    dyf, wf, df = dy.reshape(-1), wq.reshape(-1), dxp.reshape(-1)
+    for n0 in range(lo, hi, per):
+        p0, size = n0 * L, (min(hi, n0 + per) - n0) * L
+        for k in range(-(-size // ROWS) * ROWS):  # a last, partial tile repeats its last position
+            q = p0 + min(k, size - 1)
+            arow[k] = q // L * OC * L + q % L
+            base[k] = _window(q, L, OW, SH, SW, Hp, Wp, Cp)
+        for g in range(G):
+            tap, c0 = g // groups, g % groups * WIDTH
+            at = ((tap // KW) * DH * Wp + (tap % KW) * DW) * Cp + c0
+            for t in range(0, size, ROWS):
+                for k in range(ROWS):
+                    orow[k] = base[t + k] + at
+                tile_gather_fma(dyf, arow[t:t + ROWS], L, wf, WIDTH, g * OC * WIDTH, OC, df,
+                                orow, 1)
 
 
-def _geometry(KH, KW, stride, dilation, OH, OW):
-    return (KH, KW, stride[0], stride[1], dilation[0], dilation[1], OH, OW)
+@njit(nogil=True, cache=True)
+def _dy_panels(lo, hi, dy, out):
+    """out (J, N*L, 16) = dy (N, OC, L) as panels of 16 output channels, channels-last within
+    each: out[j, n*L + l, q] = dy[n, 16 j + q, l], zero for channels past OC."""
+    N, OC, L = dy.shape
+    J = out.shape[0]
+    for n in range(lo, hi):
+        for j in range(J):
+            for l in range(L):
+                row = out[j, n * L + l]
+                for q in range(WIDTH):
+                    oc = j * WIDTH + q
+                    row[q] = dy[n, oc, l] if oc < OC else 0
 
 
-def _rows_of(x, padding, geo):
-    """im2row of x (n, C, H, W): (n*OH*OW, KH*KW*C)."""
-    n, C, H, W = x.shape
-    KH, KW, OH, OW = geo[0], geo[1], geo[6], geo[7]
-    xp = np.empty((n, H + 2 * padding[0], W + 2 * padding[1], C), dtype=x.dtype)
-    parallel_for(_pad_nhwc, n, x, padding[0], padding[1], xp)
-    rows = np.empty((n * OH * OW, KH * KW * C), dtype=x.dtype)
-    parallel_for(_im2row, n, xp, *geo, rows)
-    return rows
+@njit(nogil=True, cache=True)
+def _gather_backward_weight(lo, hi, dyp, xp, taps, KH, KW, C, SH, SW, OW, L, block,
+                            parts, bpos, arow, orow):
+    """parts[p] (K, OCp) += dw over the p-th slice of the batch, dw[(i, j, c), oc] = sum
+    over positions (n, l) of xp.flat[window of (n, l) + taps[t]] * dy[n, oc, l]: 6 taps by
+    16 output channels per ``tile_gather_fma``, over ``block`` positions at a time (a = xp
+    at bpos[l] = the window, arow = 6 taps; b = dyp (J, N*L, 16), rows 16 apart, each
+    panel's block read from the first-level cache by every tile of taps). One slice per
+    thread, so no two threads write one sum. Work: bpos (positions per slice,), arow,
+    orow (6,)."""
+    Hp, Wp, Cp = xp.shape[1], xp.shape[2], xp.shape[3]
+    J, NL = dyp.shape[0], dyp.shape[1]
+    N = NL // L
+    P, K, OCp = parts.shape
+    xf, df, pf = xp.reshape(-1), dyp.reshape(-1), parts.reshape(-1)
+    for p in range(lo, hi):
+        q0, q1 = p * N // P * L, (p + 1) * N // P * L
+        for q in range(q0, q1):
+            bpos[q - q0] = _window(q, L, OW, SH, SW, Hp, Wp, Cp)
+        for s in range(0, q1 - q0, block):
+            T = min(block, q1 - q0 - s)
+            at = bpos[s:s + T]
+            for t0 in range(0, K, ROWS):
+                for k in range(ROWS):  # a last, partial tile repeats its last tap
+                    t = min(t0 + k, K - 1)
+                    arow[k] = taps[t]
+                    orow[k] = (p * K + t) * OCp
+                for j in range(J):
+                    tile_gather_fma(xf, arow, at, df, WIDTH, (j * NL + q0 + s) * WIDTH, T, pf,
+                                    orow, 1)
+                    for k in range(ROWS):
+                        orow[k] += WIDTH
 
 
-def _dy_t(dy):
-    """dy (n, OC, OH, OW) as (OC, n*OH*OW): whole OH*OW planes moved, no element transposed.
-    The backward GEMMs take it (or its transpose, as BLAS's flag) at a measured 2-15 % less
-    than from rows (n*OH*OW, OC) (one thread, 2026-12-01, the DCGAN's convolutions)."""
-    n, OC = dy.shape[:2]
-    return np.ascontiguousarray(dy.reshape(n, OC, -1).transpose(1, 0, 2)).reshape(OC, -1)
+def _gather_input(x, padding):
+    """x (N, C, H, W) as xp (N, Hp, Wp, Cp): channels-last, padded, channels to whole tiles."""
+    N, C, H, W = x.shape
+    xp = np.empty((N, H + 2 * padding[0], W + 2 * padding[1], _lanes(C)), dtype=x.dtype)
+    parallel_for(_pad_nhwc, N, x, padding[0], padding[1], xp)
+    return xp
 
 
-def _w_rows(w):
-    """w (OC, C, KH, KW) as (OC, KH*KW*C): its taps in im2row's column order (i, j, c)."""
-    OC = w.shape[0]
-    return np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(OC, -1)
+def _gather_taps(KH, KW, C, dilation, Wp, Cp):
+    """taps[(i*KW + j)*C + c] = (i*DH*Wp + j*DW)*Cp + c: tap t's place in a window of xp."""
+    i, j, c = np.meshgrid(np.arange(KH), np.arange(KW), np.arange(C), indexing="ij")
+    return ((i * dilation[0] * Wp + j * dilation[1]) * Cp + c).reshape(-1).astype(np.int64)
 
 
-def _gemm_forward(x, w, b, stride, padding, dilation, OH, OW):
-    """(y, rows): y by im2row + GEMM, and the rows of the whole batch when they were made in
-    one piece (else None), for the weight gradient of the same x to reuse."""
+def _gather_conv_forward(x, w, b, stride, padding, dilation, OH, OW):
+    """(y, xp): y by the gather kernels, and the padded channels-last input they read, for
+    the weight gradient of the same x to reuse."""
     N = x.shape[0]
     OC, C, KH, KW = w.shape
-    T, L = C * KH * KW, OH * OW
-    geo = _geometry(KH, KW, stride, dilation, OH, OW)
-    w_rows = _w_rows(w)
-    y = np.empty((N, OC, L), dtype=x.dtype)
-    chunks = _batches(N, T * L * x.itemsize)
-    for n0, n1 in chunks:
-        rows = _rows_of(x[n0:n1], padding, geo)
-        if T < OC:  # few taps (one input channel): (OC, T) @ (T, n*L) is BLAS's better shape
-            # (2.30 -> 1.68 ms on the DCGAN's first conv, one thread), then whole planes move
-            y_t = parallel_matmul(w_rows, rows.T).reshape(OC, n1 - n0, L).transpose(1, 0, 2)
-        else:  # (n*L, T) @ (T, OC) (8.1 against 9.1 ms on its second)
-            y_t = parallel_matmul(rows, w_rows.T).reshape(n1 - n0, L, OC).transpose(0, 2, 1)
-        if b is None:
-            y[n0:n1] = y_t
-        else:
-            np.add(y_t, b.reshape(OC, 1), out=y[n0:n1])
-    return y.reshape(N, OC, OH, OW), (rows if len(chunks) == 1 else None)
+    xp = _gather_input(x, padding)
+    Wp, Cp = xp.shape[2], xp.shape[3]
+    OCp, K = _lanes(OC), KH * KW * C
+    wt = _zero_pad(w.transpose(2, 3, 1, 0).reshape(K, OC), (1, WIDTH))  # (K, OCp), taps (i, j, c)
+    wp = np.ascontiguousarray(wt.reshape(K, OCp // WIDTH, WIDTH).transpose(1, 0, 2))
+    bp = np.zeros(OCp, dtype=x.dtype)
+    if b is not None:
+        bp[:OC] = b
+    y = np.empty((N, OCp, OH * OW), dtype=x.dtype)
+    parallel_for(_gather_forward, N, xp, _gather_taps(KH, KW, C, dilation, Wp, Cp), wp, bp,
+                 stride[0], stride[1], OW, y,
+                 scratch=[((ROWS,), np.int64)] * 2)
+    if OCp != OC:
+        y = np.ascontiguousarray(y[:, :OC])
+    return y.reshape(N, OC, OH, OW), xp
 
 
-def _gemm_backward_data(dy, w, x_shape, stride, padding, dilation, OH, OW, dyt):
-    """dx by GEMM + row2im; dyt = _dy_t(dy)."""
+def _gather_conv_backward_data(dy, w, x_shape, stride, padding, dilation, OH, OW):
     N, C, H, W = x_shape
     OC, _, KH, KW = w.shape
-    T, L = C * KH * KW, OH * OW
-    geo = _geometry(KH, KW, stride, dilation, OH, OW)
-    w_rows = _w_rows(w)
+    Cp = _lanes(C)
+    wc = np.zeros((OC, KH, KW, Cp), dtype=dy.dtype)  # (oc, i, j, c): channels to whole tiles
+    wc[..., :C] = w.transpose(0, 2, 3, 1)
+    G = KH * KW * Cp // WIDTH
+    wq = np.ascontiguousarray(wc.reshape(OC, G, WIDTH).transpose(1, 0, 2))  # (G, OC, 16)
+    dxp = np.empty((N, H + 2 * padding[0], W + 2 * padding[1], Cp), dtype=dy.dtype)
+    L = OH * OW
+    per = max(1, _DATA_BLOCK // L)  # samples per block
+    rows = -(-per * L // ROWS) * ROWS
+    parallel_for(_gather_backward_data, N, dy.reshape(N, OC, L), wq, KW, *dilation, *stride,
+                 OW, per, dxp, scratch=[((rows,), np.int64)] * 2 + [((ROWS,), np.int64)])
     dx = np.empty(x_shape, dtype=dy.dtype)
-    for n0, n1 in _batches(N, T * L * dy.itemsize):
-        rows = parallel_matmul(dyt[:, n0 * L:n1 * L].T, w_rows)  # (n*L, T)
-        dxp = np.empty((n1 - n0, H + 2 * padding[0], W + 2 * padding[1], C), dtype=dy.dtype)
-        parallel_for(_row2im, n1 - n0, rows, *geo, dxp)
-        parallel_for(_crop_nchw, n1 - n0, dxp, padding[0], padding[1], dx[n0:n1])
+    parallel_for(_crop_nchw, N, dxp, padding[0], padding[1], dx)
     return dx
 
 
-def _gemm_backward_weight(x, dy, w_shape, stride, padding, dilation, OH, OW, dyt, kept):
-    """dw by GEMM over the im2row rows of x: ``kept`` when it holds them (from the forward,
-    whole batch), else gathered again per chunk; dyt = _dy_t(dy)."""
+# Output positions per block of the backward-data kernel (whole samples, at least one).
+_DATA_BLOCK = 48
+# Output positions per pass of the weight gradient's kernel: its entries of xp (16 floats
+# each) stay in the first-level cache over the output channels' tiles.
+_GATHER_BLOCK = 64
+
+
+def _gather_conv_backward_weight(x, dy, w_shape, stride, padding, dilation, OH, OW, kept):
+    """dw from xp: ``kept`` when it is this x's (from the forward), else made again."""
     N = x.shape[0]
     OC, C, KH, KW = w_shape
-    T, L = C * KH * KW, OH * OW
-    if isinstance(kept, np.ndarray) and kept.shape == (N * L, T) and kept.dtype == x.dtype:
-        dw = parallel_matmul(dyt, kept)
+    Cp = _lanes(C)
+    Hp, Wp = x.shape[2] + 2 * padding[0], x.shape[3] + 2 * padding[1]
+    if isinstance(kept, np.ndarray) and kept.shape == (N, Hp, Wp, Cp) and kept.dtype == x.dtype:
+        xp = kept
     else:
-        geo = _geometry(KH, KW, stride, dilation, OH, OW)
-        dw = np.zeros((OC, T), dtype=x.dtype)
-        for n0, n1 in _batches(N, T * L * x.itemsize):
-            dw += parallel_matmul(dyt[:, n0 * L:n1 * L], _rows_of(x[n0:n1], padding, geo))
-    return np.ascontiguousarray(dw.reshape(OC, KH, KW, C).transpose(0, 3, 1, 2))
+        xp = _gather_input(x, padding)
+    L, OCp, K = OH * OW, _lanes(OC), KH * KW * C
+    dyp = np.empty((OCp // WIDTH, N * L, WIDTH), dtype=x.dtype)
+    parallel_for(_dy_panels, N, dy.reshape(N, OC, L), dyp)
+    P = max(1, min(N, num_threads()))
+    parts = np.zeros((P, K, OCp), dtype=x.dtype)
+    parallel_for(_gather_backward_weight, P, dyp, xp, _gather_taps(KH, KW, C, dilation, Wp, Cp),
+                 KH, KW, C, *stride, OW, L,
+                 _GATHER_BLOCK, parts,
+                 scratch=[((-(-N // P) * L,), np.int64)] + [((ROWS,), np.int64)] * 2)
+    dw = parts.sum(axis=0)[:, :OC].reshape(KH, KW, C, OC)
+    return np.ascontiguousarray(dw.transpose(3, 2, 0, 1))
 
 
 # ----------------------------------------------------------------------------- the seam
@@ -662,18 +774,17 @@ def conv2d(x, w, b, stride, padding, dilation):
 
 
 def conv2d_forward(x, w, b, stride, padding, dilation):
-    """(y, kept): ``conv2d``, and on the im2row path the rows of x (N*OH*OW, KH*KW*C) when
-    they were made in one piece (batches under _ROWS_BYTES), for ``conv2d_backward_weight``
-    of the same x to reuse instead of gathering them again (else None). The DCGAN step
-    gathers 14 row matrices, 6 of them again for a weight gradient; reusing them costs the
-    rows' memory (12.8 MB for the discriminator's second convolution) until backward."""
+    """(y, kept): ``conv2d``, and on the gather path x's padded channels-last copy (N, Hp,
+    Wp, Cp), for ``conv2d_backward_weight`` of the same x to reuse instead of making it
+    again (else None). It costs that copy's memory until backward (the DCGAN
+    discriminator's second convolution, batch 64: 4.2 MB)."""
     x, w, b = _check("conv2d", x, w, b)
     N, C, H, W, OC, KH, KW, OH, OW = _sizes(x.shape, w.shape, stride, padding, dilation)
     method = _method(C, OC, KH, KW, OH, OW, stride)
     if method == "columns":
         return _columns_conv_forward(x, w, b, stride, padding, dilation, OH, OW), None
-    if method == "gemm":
-        return _gemm_forward(x, w, b, stride, padding, dilation, OH, OW)
+    if method == "gather":
+        return _gather_conv_forward(x, w, b, stride, padding, dilation, OH, OW)
     Hp, Wp = H + 2 * padding[0], W + 2 * padding[1]
     T = C * KH * KW
     wt = _zero_pad(w.reshape(OC, T).T, (1, ROWS))  # (T, OC6)
@@ -697,8 +808,8 @@ def conv2d_backward_data(dy, w, x_shape, stride, padding, dilation):
     method = _method(C, OC, KH, KW, OH, OW, stride)
     if method == "columns":
         return _columns_conv_backward_data(dy, w, x_shape, stride, padding, dilation, OH, OW)
-    if method == "gemm":
-        return _gemm_backward_data(dy, w, x_shape, stride, padding, dilation, OH, OW, _dy_t(dy))
+    if method == "gather":
+        return _gather_conv_backward_data(dy, w, x_shape, stride, padding, dilation, OH, OW)
     Hp, Wp = H + 2 * padding[0], W + 2 * padding[1]
     K = KH * KW
     wt = _zero_pad(w.reshape(OC, C, K).transpose(2, 0, 1).reshape(K * OC, C), (1, ROWS))
@@ -726,9 +837,9 @@ def conv2d_backward_weight(x, dy, w_shape, stride, padding, dilation, kept=None)
     method = _method(C, OC, KH, KW, OH, OW, stride)
     if method == "columns":
         return _columns_conv_backward_weight(x, dy, w_shape, stride, padding, dilation, OH, OW)[0]
-    if method == "gemm":
-        return _gemm_backward_weight(x, dy, w_shape, stride, padding, dilation, OH, OW, _dy_t(dy),
-                                     kept)
+    if method == "gather":
+        return _gather_conv_backward_weight(x, dy, w_shape, stride, padding, dilation, OH, OW,
+                                            kept)
     Hp, Wp = H + 2 * padding[0], W + 2 * padding[1]
     T = C * KH * KW
     offs = _tap_offsets(C, KH, KW, Hp, Wp, tuple(dilation), 4)
@@ -742,24 +853,17 @@ def conv2d_backward_weight(x, dy, w_shape, stride, padding, dilation, kept=None)
 
 
 def conv2d_backward(x, w, dy, stride, padding, dilation, need_dx=True, need_db=True, kept=None):
-    """(dx, dw, db) as ``Backend.conv2d_backward``; on the im2row path dy is moved to
-    (OC, N*OH*OW) once for both GEMMs, not once each; on the columns path the bias gradient
-    comes from the weight gradient's pass over dy."""
+    """(dx, dw, db) as ``Backend.conv2d_backward``; ``kept`` as for ``conv2d_backward_weight``;
+    on the columns path the bias gradient comes from the weight gradient's pass over dy."""
     x, w, dy = _check("conv2d_backward", x, w, dy)
     N, C, H, W, OC, KH, KW, OH, OW = _sizes(x.shape, w.shape, stride, padding, dilation)
     if tuple(dy.shape) != (N, OC, OH, OW):
         raise ValueError(f"conv2d_backward: dy has shape {dy.shape}, expected {(N, OC, OH, OW)}")
-    method = _method(C, OC, KH, KW, OH, OW, stride)
-    if method == "columns":
+    if _method(C, OC, KH, KW, OH, OW, stride) == "columns":
         geometry = (stride, padding, dilation, OH, OW)
         dx = _columns_conv_backward_data(dy, w, x.shape, *geometry) if need_dx else None
         dw, db = _columns_conv_backward_weight(x, dy, w.shape, *geometry)
         return dx, dw, (db if need_db else None)
-    if method == "direct":
-        dx = conv2d_backward_data(dy, w, x.shape, stride, padding, dilation) if need_dx else None
-        dw = conv2d_backward_weight(x, dy, w.shape, stride, padding, dilation)
-    else:
-        geometry, dyt = (stride, padding, dilation, OH, OW), _dy_t(dy)
-        dx = _gemm_backward_data(dy, w, x.shape, *geometry, dyt) if need_dx else None
-        dw = _gemm_backward_weight(x, dy, w.shape, *geometry, dyt, kept)
+    dx = conv2d_backward_data(dy, w, x.shape, stride, padding, dilation) if need_dx else None
+    dw = conv2d_backward_weight(x, dy, w.shape, stride, padding, dilation, kept)
     return dx, dw, (dy.sum(axis=(0, 2, 3)) if need_db else None)

@@ -1,5 +1,7 @@
-"""``tile_fma``: six rows of sixteen multiply-add sums kept in vector registers, for the
-convolution kernels' inner loops. The one piece of the CPU backend written in LLVM IR.
+"""``tile_fma`` and ``tile_gather_fma``: six rows of sixteen multiply-add sums kept in vector
+registers, for the convolution kernels' inner loops (``tile_gather_fma``, at the end of this
+file, reads both operands through offsets: conv.py's implicit GEMM). The one piece of the
+CPU backend written in LLVM IR.
 
 What it computes, for k < 6 and q < 16 (``ROWS`` = 6, ``WIDTH`` = 16)::
 
@@ -179,6 +181,100 @@ def tile_fma(typingctx, src, offs, T, q0, w, r0, init, out, pitch):
             k, h = divmod(i, nvec)
             at = builder.add(builder.mul(i64(k), pitch_v), builder.add(q0_v, i64(h * V.lanes)))
             V.store(total, out_p, at)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _rows_of_out(context, builder, V, out_p, orow_p, ostride, first_values=None):
+    """Load (first_values None) or store the 6 x 16 entries out[orow[k] + q*ostride]: whole
+    vectors when ostride == 1, element by element otherwise. Returns the loaded vectors."""
+    i64, i32 = _Vectors.i64, ir.IntType(32)
+    nvec = WIDTH // V.lanes
+    rows = [builder.gep(out_p, [builder.load(builder.gep(orow_p, [i64(k)]))]) for k in range(ROWS)]
+    unit = builder.icmp_signed("==", ostride, i64(1))
+    loaded = []
+    with builder.if_else(unit) as (contiguous, strided):
+        with contiguous:
+            for k in range(ROWS):
+                for h in range(nvec):
+                    if first_values is None:
+                        loaded.append(V.load(rows[k], i64(h * V.lanes)))
+                    else:
+                        V.store(first_values[k * nvec + h], rows[k], i64(h * V.lanes))
+            end_contiguous = builder.block
+        with strided:
+            scalar = []
+            for k in range(ROWS):
+                for h in range(nvec):
+                    v = ir.Constant(V.type, ir.Undefined)
+                    for lane in range(V.lanes):
+                        at = builder.gep(rows[k], [builder.mul(ostride, i64(h * V.lanes + lane))])
+                        if first_values is None:
+                            v = builder.insert_element(v, builder.load(at), ir.Constant(i32, lane))
+                        else:
+                            value = first_values[k * nvec + h]
+                            builder.store(builder.extract_element(value, ir.Constant(i32, lane)), at)
+                    scalar.append(v)
+            end_strided = builder.block
+    if first_values is not None:
+        return None
+    merged = []
+    for a, b in zip(loaded, scalar):
+        phi = builder.phi(V.type)
+        phi.add_incoming(a, end_contiguous)
+        phi.add_incoming(b, end_strided)
+        merged.append(phi)
+    return merged
+
+
+@intrinsic
+def tile_gather_fma(typingctx, a, arow, aoff, b, boff, b0, T, out, orow, ostride):
+    """Six rows of sixteen sums whose operands are gathered through offsets; for k < 6 and
+    q < 16::
+
+        out[orow[k] + q*ostride] += sum over t < T of a[arow[k] + aoff[t]] * b[boff[t] + b0 + q]
+
+    taken as ``tile_fma``'s sums are: from out's value, t = 0, 1, ..., one fused multiply-add
+    each, in 12 registers. ``aoff`` and ``boff`` are int64 arrays, or integers s that stand
+    for the offsets t*s (no load per tap). All 96 entries of out are read before any is
+    written, so rows that repeat another row's arow and orow (padding a last, partial tile)
+    give the same value and write it twice. Per t: 2 vector loads of b, 6 broadcasts of a.
+    conv.py's "gather" kernels (implicit GEMM) are this, with a and b the input, the output
+    gradient or the packed weight. Offsets are element indices into the arrays read flat;
+    bounds are the caller's to keep."""
+    strides = [isinstance(o, types.Integer) for o in (aoff, boff)]
+    if not (_float_arrays(a, b, out) and _offsets(arow, orow)
+            and all(o.layout == "C" for o in (arow, orow))
+            and all(s or (_offsets(o) and o.layout == "C") for s, o in zip(strides, (aoff, boff)))
+            and _ints(b0, T, ostride)):
+        return None
+    sig = types.void(a, arow, aoff, b, boff, b0, T, out, orow, ostride)
+
+    def codegen(context, builder, signature, args):
+        a_p, arow_p, aoff_v, b_p, boff_v, b0_v, T_v, out_p, orow_p, ostride_v = _unpack(
+            context, builder, signature, args)
+        V, i64 = _Vectors(context, builder, a.dtype), _Vectors.i64
+        nvec = WIDTH // V.lanes
+        a_rows = [builder.gep(a_p, [builder.load(builder.gep(arow_p, [i64(k)]))])
+                  for k in range(ROWS)]
+        first = _rows_of_out(context, builder, V, out_p, orow_p, ostride_v)
+
+        def offset(t, is_stride, value):
+            return builder.mul(t, value) if is_stride else builder.load(builder.gep(value, [t]))
+
+        def tap(t, acc):
+            at = offset(t, strides[0], aoff_v)
+            bt = builder.add(offset(t, strides[1], boff_v), b0_v)
+            x = [V.load(b_p, builder.add(bt, i64(h * V.lanes))) for h in range(nvec)]
+            new = []
+            for k in range(ROWS):
+                ak = V.splat(builder.load(builder.gep(a_rows[k], [at])))
+                new += [V.fma(ak, x[h], acc[k * nvec + h]) for h in range(nvec)]
+            return new
+
+        sums = _loop(builder, T_v, tap, first)
+        _rows_of_out(context, builder, V, out_p, orow_p, ostride_v, sums)
         return context.get_dummy_value()
 
     return sig, codegen
