@@ -702,8 +702,10 @@ def _gather_conv_forward(x, w, b, stride, padding, dilation, OH, OW):
     xp = _gather_input(x, padding)
     Wp, Cp = xp.shape[2], xp.shape[3]
     OCp, K = _lanes(OC), KH * KW * C
-    wt = _zero_pad(w.transpose(2, 3, 1, 0).reshape(K, OC), (1, WIDTH))  # (K, OCp), taps (i, j, c)
-    wp = np.ascontiguousarray(wt.reshape(K, OCp // WIDTH, WIDTH).transpose(1, 0, 2))
+    # (OCp/16, K, 16), taps in (i, j, c) order: one strided copy (0.23 ms for the DCGAN's
+    # (128, 64, 4, 4), against 0.58 for a transpose, then the panels)
+    wp = np.ascontiguousarray(_zero_pad(w, (WIDTH, 1, 1, 1)).reshape(OCp // WIDTH, WIDTH, C, KH, KW)
+                              .transpose(0, 3, 4, 2, 1)).reshape(OCp // WIDTH, K, WIDTH)
     bp = np.zeros(OCp, dtype=x.dtype)
     if b is not None:
         bp[:OC] = b
@@ -720,10 +722,10 @@ def _gather_conv_backward_data(dy, w, x_shape, stride, padding, dilation, OH, OW
     N, C, H, W = x_shape
     OC, _, KH, KW = w.shape
     Cp = _lanes(C)
-    wc = np.zeros((OC, KH, KW, Cp), dtype=dy.dtype)  # (oc, i, j, c): channels to whole tiles
-    wc[..., :C] = w.transpose(0, 2, 3, 1)
     G = KH * KW * Cp // WIDTH
-    wq = np.ascontiguousarray(wc.reshape(OC, G, WIDTH).transpose(1, 0, 2))  # (G, OC, 16)
+    wq = np.ascontiguousarray(  # (G, OC, 16): groups (i, j, c // 16), channels to whole tiles
+        _zero_pad(w, (1, WIDTH, 1, 1)).reshape(OC, Cp // WIDTH, WIDTH, KH, KW)
+        .transpose(3, 4, 1, 0, 2)).reshape(G, OC, WIDTH)
     dxp = np.empty((N, H + 2 * padding[0], W + 2 * padding[1], Cp), dtype=dy.dtype)
     L = OH * OW
     per = max(1, _DATA_BLOCK // L)  # samples per block
