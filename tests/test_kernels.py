@@ -589,9 +589,10 @@ def test_parallel_for_runs_every_block_once_and_raises_a_blocks_error():
 @pytest.mark.parametrize("count", [2, 3])
 def test_cpu_kernels_give_the_same_bits_on_any_thread_count(count):
     """Blocks of the outer loop change nothing in the arithmetic: conv forward and
-    backward-data (direct, gather and columns paths), max pooling and batch norm give the same bits
-    on one thread and on ``count`` (the backward-weight's partial sums follow the thread
-    count, as Numba's prange did: not compared)."""
+    backward-data (direct, gather and columns paths), the gather path's backward-weight (each
+    thread sums its own taps over the whole batch), max pooling and batch norm give the same
+    bits on one thread and on ``count`` (the other backward-weights' partial sums follow the
+    thread count, as Numba's prange did: not compared)."""
     from dlx.backends.cpu import normalization, threads
 
     threads.configure()
@@ -600,12 +601,18 @@ def test_cpu_kernels_give_the_same_bits_on_any_thread_count(count):
     convs = [(rng.standard_normal((6, 8, 3, 3)).astype(np.float32), ((1, 1), (1, 1), (1, 1))),
              (rng.standard_normal((6, 8, 4, 4)).astype(np.float32), ((2, 2), (1, 1), (1, 1))),
              (rng.standard_normal((6, 2, 4, 4)).astype(np.float32), ((2, 2), (1, 1), (1, 1)))]
+    assert [cpu_conv._method(*g) for g in [(8, 6, 3, 3, 9, 9, (1, 1)), (8, 6, 4, 4, 4, 4, (2, 2)),
+                                           (2, 6, 4, 4, 4, 4, (2, 2))]] == ["direct", "gather", "columns"]
 
     def run():
         out = []
         for w, geo in convs:
             y = cpu_conv.conv2d(x[:, :w.shape[1]], w, None, *geo)
-            out += [y, cpu_conv.conv2d_backward_data(y, w, (5, w.shape[1], 9, 9), *geo)]
+            xs = (5, w.shape[1], 9, 9)
+            out += [y, cpu_conv.conv2d_backward_data(y, w, xs, *geo)]
+            if cpu_conv._method(w.shape[1], w.shape[0], *w.shape[2:], *y.shape[2:],
+                                geo[0]) == "gather":
+                out.append(cpu_conv.conv2d_backward_weight(x[:, :w.shape[1]], y, w.shape, *geo))
         y, am = cpu_pool.max_pool2d(x, (2, 2), (2, 2), (0, 0))
         out += [y, am, cpu_pool.max_pool2d_backward(y, am, x.shape, (2, 2), (2, 2), (0, 0))]
         y, saved, _ = normalization.batch_norm_forward(x, None, None, None, None, True, 1e-5)

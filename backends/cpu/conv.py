@@ -504,14 +504,16 @@ def _columns_conv_backward_weight(x, dy, w_shape, stride, padding, dilation, OH,
 # * backward-data: 6 positions x 16 entries of their windows (one tap group: (i, j) and 16
 #   channels), over the output channels (a = dy, b = the weight packed as (G, OC, 16)),
 #   added into dxp: the columns' scatter-add (row2im) happens in the registers' store;
-# * backward-weight: 6 taps x 16 output channels, over the output positions of a slice of
-#   the batch (a = xp, b = dy moved to panels of 16 channels), added into that slice's
-#   partial dw.
+# * backward-weight: 6 taps x 16 output channels, over the output positions of the whole
+#   batch (a = xp, b = dy moved to panels of 16 channels); each thread takes its own taps,
+#   so dw has the same bits on any number of threads (split by samples instead, with a
+#   partial dw per thread summed after, it ran 6 % slower: 9.32 against 8.76 ms, batch 64,
+#   12 interleaved rounds).
 #
 # Offsets that are a fixed stride (the output channels in backward-data, the packed rows)
 # are passed as that stride, not as an array: one integer load per tap less took
 # backward-data from 21 to 30 GMAC/s on one thread. The backward-weight kernel takes each
-# block of positions' windows for all 16-channel panels before the next 6 taps (28 -> 31
+# block of positions' windows for all 16-channel panels before the next 6 taps (29 -> 30-32
 # GMAC/s). Measured on the DCGAN discriminator's 64 -> 128 4x4/2 convolution (AMD EPYC,
 # 2026-12-01): one thread, batch 64, each kernel 29-32 GMAC/s, where OpenBLAS's sgemm on
 # im2row's rows made 32-39; but with the copies of im2row + BLAS gone, and their memory
@@ -647,37 +649,28 @@ def _dy_panels(lo, hi, dy, out):
 
 
 @njit(nogil=True, cache=True)
-def _gather_backward_weight(lo, hi, dyp, xp, taps, KH, KW, C, SH, SW, OW, L, block,
-                            parts, bpos, arow, orow):
-    """parts[p] (K, OCp) += dw over the p-th slice of the batch, dw[(i, j, c), oc] = sum
-    over positions (n, l) of xp.flat[window of (n, l) + taps[t]] * dy[n, oc, l]: 6 taps by
-    16 output channels per ``tile_gather_fma``, over ``block`` positions at a time (a = xp
-    at bpos[l] = the window, arow = 6 taps; b = dyp (J, N*L, 16), rows 16 apart, each
-    panel's block read from the first-level cache by every tile of taps). One slice per
-    thread, so no two threads write one sum. Work: bpos (positions per slice,), arow,
-    orow (6,)."""
-    Hp, Wp, Cp = xp.shape[1], xp.shape[2], xp.shape[3]
+def _gather_backward_weight(lo, hi, dyp, xp, taps, bpos, block, dw, arow, orow):
+    """dw (K, OCp), rows 6*lo .. 6*hi (taps (i, j, c)): dw[t, oc] = sum over output positions
+    q = (n, l) of xp.flat[bpos[q] + taps[t]] * dy[n, oc, l], bpos[q] the window of q: 6 taps
+    by 16 output channels per ``tile_gather_fma``, over ``block`` positions at a time (a =
+    xp, arow = the 6 taps, offsets bpos; b = dyp (J, N*L, 16), each panel's block read from
+    the first-level cache by every 6 taps). Each thread sums its own taps over the whole
+    batch, in the same order on any number of threads. Work: arow, orow (6,)."""
     J, NL = dyp.shape[0], dyp.shape[1]
-    N = NL // L
-    P, K, OCp = parts.shape
-    xf, df, pf = xp.reshape(-1), dyp.reshape(-1), parts.reshape(-1)
-    for p in range(lo, hi):
-        q0, q1 = p * N // P * L, (p + 1) * N // P * L
-        for q in range(q0, q1):
-            bpos[q - q0] = _window(q, L, OW, SH, SW, Hp, Wp, Cp)
-        for s in range(0, q1 - q0, block):
-            T = min(block, q1 - q0 - s)
-            at = bpos[s:s + T]
-            for t0 in range(0, K, ROWS):
-                for k in range(ROWS):  # a last, partial tile repeats its last tap
-                    t = min(t0 + k, K - 1)
-                    arow[k] = taps[t]
-                    orow[k] = (p * K + t) * OCp
-                for j in range(J):
-                    tile_gather_fma(xf, arow, at, df, WIDTH, (j * NL + q0 + s) * WIDTH, T, pf,
-                                    orow, 1)
-                    for k in range(ROWS):
-                        orow[k] += WIDTH
+    K, OCp = dw.shape
+    xf, df, wf = xp.reshape(-1), dyp.reshape(-1), dw.reshape(-1)
+    for s in range(0, NL, block):
+        T = min(block, NL - s)
+        at = bpos[s:s + T]
+        for t0 in range(lo * ROWS, min(hi * ROWS, K), ROWS):
+            for k in range(ROWS):  # a last, partial tile repeats its last tap
+                t = min(t0 + k, K - 1)
+                arow[k] = taps[t]
+                orow[k] = t * OCp
+            for j in range(J):
+                tile_gather_fma(xf, arow, at, df, WIDTH, (j * NL + s) * WIDTH, T, wf, orow, 1)
+                for k in range(ROWS):
+                    orow[k] += WIDTH
 
 
 def _gather_input(x, padding):
@@ -688,8 +681,10 @@ def _gather_input(x, padding):
     return xp
 
 
+@functools.lru_cache(maxsize=256)
 def _gather_taps(KH, KW, C, dilation, Wp, Cp):
-    """taps[(i*KW + j)*C + c] = (i*DH*Wp + j*DW)*Cp + c: tap t's place in a window of xp."""
+    """taps[(i*KW + j)*C + c] = (i*DH*Wp + j*DW)*Cp + c: tap t's place in a window of xp.
+    Cached per geometry and shared, as ``_tap_offsets``: never written to."""
     i, j, c = np.meshgrid(np.arange(KH), np.arange(KW), np.arange(C), indexing="ij")
     return ((i * dilation[0] * Wp + j * dilation[1]) * Cp + c).reshape(-1).astype(np.int64)
 
@@ -710,7 +705,7 @@ def _gather_conv_forward(x, w, b, stride, padding, dilation, OH, OW):
     if b is not None:
         bp[:OC] = b
     y = np.empty((N, OCp, OH * OW), dtype=x.dtype)
-    parallel_for(_gather_forward, N, xp, _gather_taps(KH, KW, C, dilation, Wp, Cp), wp, bp,
+    parallel_for(_gather_forward, N, xp, _gather_taps(KH, KW, C, tuple(dilation), Wp, Cp), wp, bp,
                  stride[0], stride[1], OW, y,
                  scratch=[((ROWS,), np.int64)] * 2)
     if OCp != OC:
@@ -757,13 +752,14 @@ def _gather_conv_backward_weight(x, dy, w_shape, stride, padding, dilation, OH, 
     L, OCp, K = OH * OW, _lanes(OC), KH * KW * C
     dyp = np.empty((OCp // WIDTH, N * L, WIDTH), dtype=x.dtype)
     parallel_for(_dy_panels, N, dy.reshape(N, OC, L), dyp)
-    P = max(1, min(N, num_threads()))
-    parts = np.zeros((P, K, OCp), dtype=x.dtype)
-    parallel_for(_gather_backward_weight, P, dyp, xp, _gather_taps(KH, KW, C, dilation, Wp, Cp),
-                 KH, KW, C, *stride, OW, L,
-                 _GATHER_BLOCK, parts,
-                 scratch=[((-(-N // P) * L,), np.int64)] + [((ROWS,), np.int64)] * 2)
-    dw = parts.sum(axis=0)[:, :OC].reshape(KH, KW, C, OC)
+    q = np.arange(N * L)
+    n, oh, ow = q // L, q % L // OW, q % OW
+    bpos = ((n * Hp + oh * stride[0]) * Wp + ow * stride[1]) * Cp  # each position's window
+    dw = np.zeros((K, OCp), dtype=x.dtype)
+    parallel_for(_gather_backward_weight, -(-K // ROWS), dyp, xp,
+                 _gather_taps(KH, KW, C, tuple(dilation), Wp, Cp), bpos, _GATHER_BLOCK, dw,
+                 scratch=[((ROWS,), np.int64)] * 2)
+    dw = dw[:, :OC].reshape(KH, KW, C, OC)
     return np.ascontiguousarray(dw.transpose(3, 2, 0, 1))
 
 
