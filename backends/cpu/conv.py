@@ -601,27 +601,29 @@ def _gather_forward(lo, hi, xp, taps, wp, b, SH, SW, OW, y, arow, orow):
 
 
 @njit(nogil=True, cache=True)
-def _gather_backward_data(lo, hi, dy, wq, KW, DH, DW, SH, SW, OW, per, dxp, arow, base, orow):
-    """dxp (N, Hp, Wp, Cp) = the sum, over output positions (n, l) and output channels oc,
-    of dy[n, oc, l] times the weight laid over the window of (n, l): for each tap group g
-    (kernel tap (i, j), channels c0 .. c0 + 16), 6 positions by 16 channels per
-    ``tile_gather_fma`` (a = dy, channels L apart; b = wq (G, OC, 16), rows 16 apart),
-    added into dxp in place. ``per`` samples at a time, so that each group's weights are
-    read from the first-level cache for all of their positions; whole samples, so that each
-    pixel's sum runs in the same order on any number of threads. Samples lo .. hi (their
-    windows are theirs alone). Work: arow, base (per*L rounded up to 6,), orow (6,)."""
+def _gather_backward_data(lo, hi, dy, wq, KW, DH, DW, SH, SW, OW, PH, PW, dx, dxp, arow, base,
+                          orow):
+    """dx (N, C, H, W) for the samples lo .. hi, ``per`` = len(dxp) of them at a time: their
+    padded channels-last gradient dxp (per, Hp, Wp, Cp) = the sum, over output positions
+    (n, l) and output channels oc, of dy[n, oc, l] times the weight laid over the window of
+    (n, l): for each tap group g (kernel tap (i, j), channels c0 .. c0 + 16), 6 positions by
+    16 channels per ``tile_gather_fma`` (a = dy, channels L apart; b = wq (G, OC, 16), rows
+    16 apart), added into dxp in place; then cropped into dx while it is in cache. Whole
+    samples at a time, so that each pixel's sum runs in the same order on any number of
+    threads, and each group's weights are read from the first-level cache for all of their
+    positions. Work: dxp, arow, base (per*L rounded up to 6,), orow (6,)."""
     N, OC, L = dy.shape
-    Hp, Wp, Cp = dxp.shape[1], dxp.shape[2], dxp.shape[3]
+    per, Hp, Wp, Cp = dxp.shape
     G = wq.shape[0]
     groups = Cp // WIDTH
-    for n in range(lo, hi):
-        dxp[n] = 0
     dyf, wf, df = dy.reshape(-1), wq.reshape(-1), dxp.reshape(-1)
     for n0 in range(lo, hi, per):
-        p0, size = n0 * L, (min(hi, n0 + per) - n0) * L
+        count = min(hi, n0 + per) - n0
+        size = count * L
+        dxp[:] = 0
         for k in range(-(-size // ROWS) * ROWS):  # a last, partial tile repeats its last position
-            q = p0 + min(k, size - 1)
-            arow[k] = q // L * OC * L + q % L
+            q = min(k, size - 1)
+            arow[k] = (n0 + q // L) * OC * L + q % L
             base[k] = _window(q, L, OW, SH, SW, Hp, Wp, Cp)
         for g in range(G):
             tap, c0 = g // groups, g % groups * WIDTH
@@ -631,6 +633,7 @@ def _gather_backward_data(lo, hi, dy, wq, KW, DH, DW, SH, SW, OW, per, dxp, arow
                     orow[k] = base[t + k] + at
                 tile_gather_fma(dyf, arow[t:t + ROWS], L, wf, WIDTH, g * OC * WIDTH, OC, df,
                                 orow, 1)
+        _crop_nchw(0, count, dxp, PH, PW, dx[n0:n0 + count])
 
 
 @njit(nogil=True, cache=True)
@@ -721,14 +724,14 @@ def _gather_conv_backward_data(dy, w, x_shape, stride, padding, dilation, OH, OW
     wq = np.ascontiguousarray(  # (G, OC, 16): groups (i, j, c // 16), channels to whole tiles
         _zero_pad(w, (1, WIDTH, 1, 1)).reshape(OC, Cp // WIDTH, WIDTH, KH, KW)
         .transpose(3, 4, 1, 0, 2)).reshape(G, OC, WIDTH)
-    dxp = np.empty((N, H + 2 * padding[0], W + 2 * padding[1], Cp), dtype=dy.dtype)
     L = OH * OW
     per = max(1, _DATA_BLOCK // L)  # samples per block
     rows = -(-per * L // ROWS) * ROWS
-    parallel_for(_gather_backward_data, N, dy.reshape(N, OC, L), wq, KW, *dilation, *stride,
-                 OW, per, dxp, scratch=[((rows,), np.int64)] * 2 + [((ROWS,), np.int64)])
     dx = np.empty(x_shape, dtype=dy.dtype)
-    parallel_for(_crop_nchw, N, dxp, padding[0], padding[1], dx)
+    parallel_for(_gather_backward_data, N, dy.reshape(N, OC, L), wq, KW, *dilation, *stride,
+                 OW, *padding, dx,
+                 scratch=[((per, H + 2 * padding[0], W + 2 * padding[1], Cp), dy.dtype)]
+                 + [((rows,), np.int64)] * 2 + [((ROWS,), np.int64)])
     return dx
 
 
