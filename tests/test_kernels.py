@@ -494,12 +494,13 @@ def test_tile_fma_is_the_sum_over_taps_in_order(dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("ostride", [1, 3])
-def test_tile_gather_fma_is_the_sum_over_taps_in_order(dtype, ostride):
+@pytest.mark.parametrize("strides", [False, True])
+def test_tile_gather_fma_is_the_sum_over_taps_in_order(dtype, ostride, strides):
     """tile_gather_fma adds to out[orow[k] + q*ostride] the sum over t of a[arow[k] + aoff[t]]
     * b[boff[t] + b0 + q], k < 6, q < 16, fused multiply-adds in tap order from out's value
-    (the plain loop's bits), whole vectors (ostride 1) or element by element; rows that
-    repeat another row's offsets get the same value, not the sum twice; nothing else of out
-    is written."""
+    (the plain loop's bits), whole vectors (ostride 1) or element by element; offsets given
+    as arrays or as fixed strides (aoff[t] = 3t, boff[t] = 5t); rows that repeat another
+    row's offsets get the same value, not the sum twice; nothing else of out is written."""
     from dlx.backends.cpu.simd import ROWS, WIDTH, tile_gather_fma
     from numba import njit
 
@@ -525,7 +526,11 @@ def test_tile_gather_fma_is_the_sum_over_taps_in_order(dtype, ostride):
     orow = np.array([0, 100, 300, 300, 500, 900])
     out = rng.standard_normal(1000).astype(dtype)
     got, want = out.copy(), out.copy()
-    tile(a, arow, aoff, b, boff, b0, T, got, orow, ostride)
+    if strides:  # the same sums, the offsets as strides
+        aoff, boff = np.arange(T + 3) * 3, np.arange(T + 3) * 5
+        tile(a, arow, 3, b, 5, b0, T, got, orow, ostride)
+    else:
+        tile(a, arow, aoff, b, boff, b0, T, got, orow, ostride)
     loops(a, arow, aoff, b, boff, b0, T, want, orow, ostride)
     np.testing.assert_array_equal(got, want)
     written = np.zeros(out.size, bool)

@@ -50,7 +50,7 @@ from .threads import num_threads, parallel_for
 # Numba's cache keys a kernel by its own file's content, and the kernels here inline
 # simd.tile_fma: this hash of simd.py (tests/test_kernels.py checks it) changes this file
 # whenever simd.py changes, so that kernels compiled from an older simd.py are not loaded.
-SIMD_SOURCE_SHA256 = "dbb4e56fc3f1fb55"
+SIMD_SOURCE_SHA256 = "1cea010bc94f3f88"
 
 # The weight gradients' fast-math flags: "contract" lets LLVM fuse a*b + c into one FMA (one
 # rounding instead of two: at least as accurate), "reassoc" lets it vectorise their dot

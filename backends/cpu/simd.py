@@ -186,7 +186,7 @@ def tile_fma(typingctx, src, offs, T, q0, w, r0, init, out, pitch):
     return sig, codegen
 
 
-def _rows_of_out(context, builder, V, out_p, orow_p, ostride, first_values=None):
+def _rows_of_out(builder, V, out_p, orow_p, ostride, first_values=None):
     """Load (first_values None) or store the 6 x 16 entries out[orow[k] + q*ostride]: whole
     vectors when ostride == 1, element by element otherwise. Returns the loaded vectors."""
     i64, i32 = _Vectors.i64, ir.IntType(32)
@@ -258,7 +258,7 @@ def tile_gather_fma(typingctx, a, arow, aoff, b, boff, b0, T, out, orow, ostride
         nvec = WIDTH // V.lanes
         a_rows = [builder.gep(a_p, [builder.load(builder.gep(arow_p, [i64(k)]))])
                   for k in range(ROWS)]
-        first = _rows_of_out(context, builder, V, out_p, orow_p, ostride_v)
+        first = _rows_of_out(builder, V, out_p, orow_p, ostride_v)
 
         def offset(t, is_stride, value):
             return builder.mul(t, value) if is_stride else builder.load(builder.gep(value, [t]))
@@ -274,7 +274,7 @@ def tile_gather_fma(typingctx, a, arow, aoff, b, boff, b0, T, out, orow, ostride
             return new
 
         sums = _loop(builder, T_v, tap, first)
-        _rows_of_out(context, builder, V, out_p, orow_p, ostride_v, sums)
+        _rows_of_out(builder, V, out_p, orow_p, ostride_v, sums)
         return context.get_dummy_value()
 
     return sig, codegen
