@@ -514,13 +514,13 @@ def _columns_conv_backward_weight(x, dy, w_shape, stride, padding, dilation, OH,
 # are passed as that stride, not as an array: one integer load per tap less (backward-data
 # 21 -> 30 GMAC/s on one thread, the forward 25 -> 30, two runs minutes apart). The
 # backward-weight kernel takes each block of positions' windows for all 16-channel panels
-# before the next 6 taps (30-32 GMAC/s for blocks of 32-256 positions). Measured on the DCGAN
-# discriminator's 64 -> 128 4x4/2 convolution (AMD EPYC, 2026-12-01): one thread, batch 64,
-# each kernel 30-31 GMAC/s, where OpenBLAS's sgemm on im2row's rows made 32-39; but with
-# im2row's copies and their memory traffic gone (they did not scale to the second core), the
-# whole forward took 8.7 against 10.3 ms on two threads in the same rounds, and the DCGAN
-# step ran 1.11x as fast at batch 128. benchmarks/results/2026-12-01-amd-cpu-issue12-pass6.md
-# has the whole comparison.
+# before the next 6 taps (29.6-31.9 GMAC/s for blocks of 32-256 positions). Measured on
+# the DCGAN discriminator's 64 -> 128 4x4/2 convolution (AMD EPYC, 2026-12-01): one thread,
+# batch 64, each kernel 30-31 GMAC/s, where OpenBLAS's sgemm on a product of the same shape
+# made 32-39; but with im2row's copies and their memory traffic gone (they did not scale to
+# the second core), the whole forward took 8.7 against 10.3 ms on two threads in the same
+# rounds, and the DCGAN step ran 1.11x as fast at batch 128. The whole comparison:
+# benchmarks/results/2026-12-01-amd-cpu-issue12-pass6.md.
 
 
 def _lanes(C):
