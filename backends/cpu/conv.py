@@ -50,7 +50,7 @@ from .threads import num_threads, parallel_for
 # Numba's cache keys a kernel by its own file's content, and the kernels here inline
 # simd.tile_fma: this hash of simd.py (tests/test_kernels.py checks it) changes this file
 # whenever simd.py changes, so that kernels compiled from an older simd.py are not loaded.
-SIMD_SOURCE_SHA256 = "1cea010bc94f3f88"
+SIMD_SOURCE_SHA256 = "682396c38a61dc51"
 
 # The weight gradients' fast-math flags: "contract" lets LLVM fuse a*b + c into one FMA (one
 # rounding instead of two: at least as accurate), "reassoc" lets it vectorise their dot
@@ -516,7 +516,7 @@ def _columns_conv_backward_weight(x, dy, w_shape, stride, padding, dilation, OH,
 # backward-weight kernel takes each block of positions' windows for all 16-channel panels
 # before the next 6 taps (29.6-31.9 GMAC/s for blocks of 32-256 positions). Measured on
 # the DCGAN discriminator's 64 -> 128 4x4/2 convolution (AMD EPYC, 2026-12-01): one thread,
-# batch 64, each kernel 30-31 GMAC/s, where OpenBLAS's sgemm on a product of the same shape
+# batch 64, each kernel 29-31 GMAC/s, where OpenBLAS's sgemm on a product of the same shape
 # made 32-39; but with im2row's copies and their memory traffic gone (they did not scale to
 # the second core), the whole forward took 8.7 against 10.3 ms on two threads in the same
 # rounds, and the DCGAN step ran 1.11x as fast at batch 128. The whole comparison:
@@ -653,15 +653,19 @@ def _dy_panels(lo, hi, dy, out):
 
 
 @njit(nogil=True, cache=True)
-def _gather_backward_weight(lo, hi, dyp, xp, taps, bpos, block, dw, arow, orow):
+def _gather_backward_weight(lo, hi, dyp, xp, taps, SH, SW, OW, block, dw, bpos, arow, orow):
     """dw (K, OCp), rows 6*lo .. 6*hi (taps (i, j, c)): dw[t, oc] = sum over output positions
     q = (n, l) of xp.flat[bpos[q] + taps[t]] * dy[n, oc, l], bpos[q] the window of q: 6 taps
     by 16 output channels per ``tile_gather_fma``, over ``block`` positions at a time (a =
     xp, arow = the 6 taps, offsets bpos; b = dyp (J, N*L, 16), each panel's block read from
     the first-level cache by every 6 taps). Each thread sums its own taps over the whole
-    batch, in the same order on any number of threads. Work: arow, orow (6,)."""
+    batch, in the same order on any number of threads. Work: bpos (N*L,), arow, orow (6,)."""
+    N, Hp, Wp, Cp = xp.shape
     J, NL = dyp.shape[0], dyp.shape[1]
+    L = NL // N
     K, OCp = dw.shape
+    for q in range(NL):
+        bpos[q] = _window(q, L, OW, SH, SW, Hp, Wp, Cp)
     xf, df, wf = xp.reshape(-1), dyp.reshape(-1), dw.reshape(-1)
     for s in range(0, NL, block):
         T = min(block, NL - s)
@@ -705,9 +709,7 @@ def _gather_conv_forward(x, w, b, stride, padding, dilation, OH, OW):
     # (128, 64, 4, 4), against 0.58 for a transpose, then the panels)
     wp = np.ascontiguousarray(_zero_pad(w, (WIDTH, 1, 1, 1)).reshape(OCp // WIDTH, WIDTH, C, KH, KW)
                               .transpose(0, 3, 4, 2, 1)).reshape(OCp // WIDTH, K, WIDTH)
-    bp = np.zeros(OCp, dtype=x.dtype)
-    if b is not None:
-        bp[:OC] = b
+    bp = _zero_pad(np.zeros(OC, dtype=x.dtype) if b is None else b, (WIDTH,))
     y = np.empty((N, OCp, OH * OW), dtype=x.dtype)
     parallel_for(_gather_forward, N, xp, _gather_taps(KH, KW, C, tuple(dilation), Wp, Cp), wp, bp,
                  stride[0], stride[1], OW, y,
@@ -758,13 +760,10 @@ def _gather_conv_backward_weight(x, dy, w_shape, stride, padding, dilation, OH, 
     L, OCp, K = OH * OW, _lanes(OC), KH * KW * C
     dyp = np.empty((OCp // WIDTH, N * L, WIDTH), dtype=x.dtype)
     parallel_for(_dy_panels, N, dy.reshape(N, OC, L), dyp)
-    q = np.arange(N * L)
-    n, oh, ow = q // L, q % L // OW, q % OW
-    bpos = ((n * Hp + oh * stride[0]) * Wp + ow * stride[1]) * Cp  # each position's window
     dw = np.zeros((K, OCp), dtype=x.dtype)
     parallel_for(_gather_backward_weight, -(-K // ROWS), dyp, xp,
-                 _gather_taps(KH, KW, C, tuple(dilation), Wp, Cp), bpos, _GATHER_BLOCK, dw,
-                 scratch=[((ROWS,), np.int64)] * 2)
+                 _gather_taps(KH, KW, C, tuple(dilation), Wp, Cp), *stride, OW, _GATHER_BLOCK, dw,
+                 scratch=[((N * L,), np.int64)] + [((ROWS,), np.int64)] * 2)
     dw = dw[:, :OC].reshape(KH, KW, C, OC)
     return np.ascontiguousarray(dw.transpose(3, 2, 0, 1))
 

@@ -215,7 +215,8 @@ def _rows_of_out(builder, V, out_p, orow_p, ostride, first_values=None):
                         else:
                             value = first_values[k * nvec + h]
                             builder.store(builder.extract_element(value, ir.Constant(i32, lane)), at)
-                    scalar.append(v)
+                    if first_values is None:
+                        scalar.append(v)
             end_strided = builder.block
     if first_values is not None:
         return None
