@@ -20,7 +20,8 @@ printed before and after each row of each round, since the machine is shared.
 
 Rows (batch in brackets): the LeNet-5 training step (128, Adam, no input gradient on either
 side), LeNet-5 inference (10,000 images in batches of 1000), the DCGAN training step (64,
-generator and discriminator, Adam; dlx.training.gan.gan_step and the same step in PyTorch),
+generator and discriminator, Adam; dlx.training.gan.gan_step and the same step in PyTorch;
+again at 128, the batch of graph_epoch.py's DCGAN epoch),
 ConvTranspose2d 128->64 4x4/2 on 7x7 (64), Conv2d 64->128 4x4/2 on 14x14 (64), Conv2d
 64->64 3x3 pad 1 on 32x32 (128) and Linear 4096->4096 (256), each layer forward + full
 backward (input and parameter gradients).
@@ -41,6 +42,7 @@ ROWS = {
     "lenet_train": "LeNet-5 train step (128, Adam, no input grad)",
     "lenet_infer": "LeNet-5 inference (10,000 images, batch 1000)",
     "dcgan_train": "DCGAN train step (64, both nets, Adam)",
+    "dcgan_train128": "DCGAN train step (128: the DCGAN epoch's batch)",
     "convt_s2": "ConvTranspose2d 128->64 4x4/2, 7x7, fwd+bwd (64)",
     "conv_s2": "Conv2d 64->128 4x4/2, 14x14, fwd+bwd (64)",
     "conv3x3": "Conv2d 64->64 3x3 pad 1, 32x32, fwd+bwd (128)",
@@ -101,13 +103,13 @@ def dlx_rows():
                     m(x)
         return run
 
-    def dcgan_train():
+    def dcgan_train(batch):
         dlx.manual_seed(0)
         g, d = DCGANGenerator(), DCGANDiscriminator()
         og = optim.Adam(g.parameters(), lr=2e-4, betas=(0.5, 0.999))
         od = optim.Adam(d.parameters(), lr=2e-4, betas=(0.5, 0.999))
-        real = dlx.asarray(np.tanh(rng.standard_normal((64, 1, 28, 28))), dtype="float32")
-        z = arr((64, 100))
+        real = dlx.asarray(np.tanh(rng.standard_normal((batch, 1, 28, 28))), dtype="float32")
+        z = arr((batch, 100))
         return lambda: gan_step(g, d, real, z, og, od)
 
     def layer(name):
@@ -128,7 +130,8 @@ def dlx_rows():
             m.backward(dy)
         return run
 
-    makers = {"lenet_train": lenet_train, "lenet_infer": lenet_infer, "dcgan_train": dcgan_train}
+    makers = {"lenet_train": lenet_train, "lenet_infer": lenet_infer,
+              "dcgan_train": lambda: dcgan_train(64), "dcgan_train128": lambda: dcgan_train(128)}
     return lambda name: makers[name]() if name in makers else layer(name)
 
 
@@ -179,7 +182,7 @@ def torch_rows(channels_last: bool):
                     m(x)
         return run
 
-    def dcgan_train():
+    def dcgan_train(batch):
         torch.manual_seed(0)
         g = nn.Sequential(
             nn.Linear(100, 128 * 49, bias=False), nn.Unflatten(1, (128, 7, 7)), nn.BatchNorm2d(128),
@@ -192,8 +195,8 @@ def torch_rows(channels_last: bool):
         og = torch.optim.Adam(g.parameters(), lr=2e-4, betas=(0.5, 0.999))
         od = torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.5, 0.999))
         lf = nn.BCEWithLogitsLoss()
-        real = torch.tanh(arr((64, 1, 28, 28)))
-        z = arr((64, 100))
+        real = torch.tanh(arr((batch, 1, 28, 28)))
+        z = arr((batch, 100))
 
         def step():
             fake = g(z)
@@ -229,7 +232,8 @@ def torch_rows(channels_last: bool):
             m(x).backward(dy)
         return run
 
-    makers = {"lenet_train": lenet_train, "lenet_infer": lenet_infer, "dcgan_train": dcgan_train}
+    makers = {"lenet_train": lenet_train, "lenet_infer": lenet_infer,
+              "dcgan_train": lambda: dcgan_train(64), "dcgan_train128": lambda: dcgan_train(128)}
     return lambda name: makers[name]() if name in makers else layer(name)
 
 

@@ -548,6 +548,68 @@ def test_tile_gather_fma_is_the_sum_over_taps_in_order(dtype, ostride, strides):
     np.testing.assert_array_equal(none, out)
 
 
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tile_transpose_moves_one_8x8_block(dtype):
+    """tile_transpose writes dst[d0 + c*dstride + r] = src[s0 + r*sstride + c], r, c < 8,
+    and nothing else of dst (float32: 8-lane vectors; float64: four 4 x 4 blocks)."""
+    from dlx.backends.cpu.simd import BLOCK, tile_transpose
+    from numba import njit
+
+    @njit
+    def block(src, s0, sstride, dst, d0, dstride):
+        tile_transpose(src, s0, sstride, dst, d0, dstride)
+
+    src = np.arange(500, dtype=dtype)
+    for s0, sstride, d0, dstride in ((0, 8, 0, 8), (3, 21, 5, 17), (7, 50, 100, 9)):
+        dst = np.full(600, -1, dtype)
+        block(src, s0, sstride, dst, d0, dstride)
+        want = np.full(600, -1, dtype)
+        for r in range(BLOCK):
+            for c in range(BLOCK):
+                want[d0 + c * dstride + r] = src[s0 + r * sstride + c]
+        np.testing.assert_array_equal(dst, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layout_copies_match_numpy(dtype):
+    """The gather path's layout copies against NumPy's, on shapes with whole 8 x 8 blocks,
+    edges that overlap the last block, and sides under 8 (scalar): ``_transpose``,
+    ``_pad_nhwc`` (zero border and zero channels to whole 16s), ``_crop_nchw`` (its
+    inverse), ``_channels_last`` and ``_dy_panels`` (zero channels past OC)."""
+    rng = np.random.default_rng(9)
+    for R, C in ((8, 8), (13, 30), (64, 14), (5, 20), (20, 3), (1, 1)):
+        ss, ds = C + 3, R + 5  # rows with gaps between them, in both
+        src = rng.standard_normal(R * ss + 10).astype(dtype)
+        dst = np.full(C * ds + 10, np.nan, dtype)
+        cpu_conv._transpose(src, 2, ss, R, C, dst, 3, ds)
+        want = np.full_like(dst, np.nan)
+        r, c = np.arange(R), np.arange(C)[:, None]
+        want[3 + c * ds + r] = src[2 + r * ss + c]
+        np.testing.assert_array_equal(dst, want)
+    for N, C, H, W, P in ((3, 64, 14, 14, 1), (2, 20, 5, 9, 2), (2, 9, 7, 6, 0), (1, 130, 8, 8, 1)):
+        x = rng.standard_normal((N, C, H, W)).astype(dtype)
+        Cp = -(-C // 16) * 16
+        xp = np.full((N, H + 2 * P, W + 2 * P, Cp), np.nan, dtype)
+        cpu_conv._pad_nhwc(0, N, x, P, P, xp)
+        want = np.zeros_like(xp)
+        want[:, P:P + H, P:P + W, :C] = x.transpose(0, 2, 3, 1)
+        np.testing.assert_array_equal(xp, want)
+        back = np.full_like(x, np.nan)
+        cpu_conv._crop_nchw(0, N, xp, P, P, back)
+        np.testing.assert_array_equal(back, x)
+        a = x.reshape(N, C, H * W)
+        last = np.full((N, H * W, C), np.nan, dtype)
+        cpu_conv._channels_last(0, N, a, last)
+        np.testing.assert_array_equal(last, a.transpose(0, 2, 1))
+        panels = np.full((Cp // 16, N * H * W, 16), np.nan, dtype)
+        cpu_conv._dy_panels(0, N, a, panels)
+        wide = np.zeros((N, Cp, H * W), dtype)
+        wide[:, :C] = a
+        np.testing.assert_array_equal(panels, wide.reshape(N, Cp // 16, 16, H * W)
+                                      .transpose(1, 0, 3, 2).reshape(Cp // 16, N * H * W, 16))
+
+
 def test_parallel_for_runs_every_block_once_and_raises_a_blocks_error():
     """parallel_for hands [n*p//P, n*(p+1)//P) to kernel(lo, hi, *args), one block per
     thread, and the first block's or any other block's exception reaches the caller."""

@@ -44,13 +44,13 @@ import numpy as np
 from numba import njit
 
 from ..base import conv2d_output_size
-from .simd import ROWS, WIDTH, tile_fma, tile_gather_fma
+from .simd import BLOCK, ROWS, WIDTH, tile_fma, tile_gather_fma, tile_transpose
 from .threads import num_threads, parallel_for
 
 # Numba's cache keys a kernel by its own file's content, and the kernels here inline
 # simd.tile_fma: this hash of simd.py (tests/test_kernels.py checks it) changes this file
 # whenever simd.py changes, so that kernels compiled from an older simd.py are not loaded.
-SIMD_SOURCE_SHA256 = "682396c38a61dc51"
+SIMD_SOURCE_SHA256 = "489eddde0b448bb6"
 
 # The weight gradients' fast-math flags: "contract" lets LLVM fuse a*b + c into one FMA (one
 # rounding instead of two: at least as accurate), "reassoc" lets it vectorise their dot
@@ -502,8 +502,9 @@ def _columns_conv_backward_weight(x, dy, w_shape, stride, padding, dilation, OH,
 # * forward: 6 output positions x 16 output channels, over the taps (a = xp, b = the weight
 #   packed as (OCp/16, K, 16) panels), y stored straight into NCHW (16 channels L apart);
 # * backward-data: 6 positions x 16 entries of their windows (one tap group: (i, j) and 16
-#   channels), over the output channels (a = dy, b = the weight packed as (G, OC, 16)),
-#   added into dxp: the columns' scatter-add (row2im) happens in the registers' store;
+#   channels), over the output channels (a = dy moved to channels-last, b = the weight
+#   packed as (G, OC, 16)), added into dxp: the columns' scatter-add (row2im) happens in
+#   the registers' store;
 # * backward-weight: 6 taps x 16 output channels, over the output positions of the whole
 #   batch (a = xp, b = dy moved to panels of 16 channels); each thread takes its own taps,
 #   so dw has the same bits on any number of threads (split by samples instead, with a
@@ -521,6 +522,18 @@ def _columns_conv_backward_weight(x, dy, w_shape, stride, padding, dilation, OH,
 # the second core), the whole forward took 8.7 against 10.3 ms on two threads in the same
 # rounds, and the DCGAN step ran 1.11x as fast at batch 128. The whole comparison:
 # benchmarks/results/2026-12-01-amd-cpu-issue12-pass6.md.
+#
+# Which cache lines a kernel streams per tap sets its speed (batch 128, two threads, the
+# kernels alone, lower quartiles of 12-20 rounds; pass 7 of the same record): the forward's
+# 6 positions read their channels as runs, a new line every 16 taps, beside the packed
+# weight's line per tap: 62-64 GMAC/s. Backward-data read dy channels-first, a new line of
+# 6 positions per output channel, beside the weight's: 48-51; with dy moved to
+# channels-last first (0.4 ms) it is the forward's pattern again: 58.6 (the same bits). The
+# weight gradient streams a window per position and a line of dy's panels: 51-53. Turned
+# around (6 output channels of dy by 16 channels of a window) it ran 41-47 for blocks of
+# 128-256 positions; the panels outside the taps, 48-49: neither kept.
+# The layout copies move 8 x 8 blocks in registers (``simd.tile_transpose``); the padded
+# copy of the forward's input is made per sample inside its kernel.
 
 
 def _lanes(C):
@@ -553,21 +566,45 @@ def _pad_nhwc(lo, hi, x, PH, PW, xp):
 
 
 @njit(nogil=True, cache=True)
+def _transpose(src, s0, sstride, R, C, dst, d0, dstride):
+    """dst[d0 + c*dstride + r] = src[s0 + r*sstride + c] for r < R, c < C (flat arrays): 8 x 8
+    blocks by ``simd.tile_transpose``, the last block of each dimension moved back to end at
+    its edge (a copy may write an element twice); scalar when R or C is under 8."""
+    if R < BLOCK or C < BLOCK:
+        for r in range(R):
+            for c in range(C):
+                dst[d0 + c * dstride + r] = src[s0 + r * sstride + c]
+        return
+    for r0 in range(0, R, BLOCK):
+        r = min(r0, R - BLOCK)
+        for c0 in range(0, C, BLOCK):
+            c = min(c0, C - BLOCK)
+            tile_transpose(src, s0 + r * sstride + c, sstride, dst, d0 + c * dstride + r, dstride)
+
+
+@njit(nogil=True, cache=True)
 def _crop_nchw(lo, hi, xp, PH, PW, x):
     """x (N, C, H, W) = the interior of xp (N, Hp, Wp, Cp), its first C channels, back in
-    channels-first order. Reads each pixel's channels as one run and scatters them (the
-    DCGAN's (64, 64, 14, 14), one thread: 0.31 ms, against 0.79 gathering each output plane;
-    AMD EPYC, 2026-12-01)."""
+    channels-first order: per row, a (W, C) -> (C, W) ``_transpose`` (the DCGAN's (128, 64,
+    14, 14) on two threads: 1.1 ms, against 1.5 with scalar loops; AMD EPYC, 2026-12-01)."""
     N, C, H, W = x.shape
+    Hp, Wp, Cp = xp.shape[1], xp.shape[2], xp.shape[3]
+    pf, xf = xp.reshape(-1), x.reshape(-1)
     for n in range(lo, hi):
-        xn = x[n]
         for h in range(H):
-            src = xp[n, PH + h]
-            for w in range(W):
-                s = src[PW + w]
-                for c in range(C):
-                    xn[c, h, w] = s[c]
+            _transpose(pf, ((n * Hp + PH + h) * Wp + PW) * Cp, Cp, W, C, xf, (n * C * H + h) * W,
+                       H * W)
     return x
+
+
+@njit(nogil=True, cache=True)
+def _channels_last(lo, hi, a, out):
+    """out (N, L, C) = a (N, C, L) with the last two axes swapped, samples lo .. hi."""
+    N, C, L = a.shape
+    af, of = a.reshape(-1), out.reshape(-1)
+    for n in range(lo, hi):
+        _transpose(af, n * C * L, L, C, L, of, n * L * C, C)
+    return out
 
 
 @njit(cache=True)
@@ -578,10 +615,14 @@ def _window(q, L, OW, SH, SW, Hp, Wp, Cp):
 
 
 @njit(nogil=True, cache=True)
-def _gather_forward(lo, hi, xp, taps, wp, b, SH, SW, OW, y, arow, orow):
+def _gather_forward(lo, hi, x, PH, PW, xp, taps, wp, b, SH, SW, OW, y, arow, orow):
     """y (N, OCp, L) = b[oc] + sum over taps t of wp[oc // 16, t, oc % 16] * xp.flat[window
     of (n, l) + taps[t]], for the samples lo .. hi: 6 positions by 16 channels per
-    ``tile_gather_fma`` (b = the packed weight, its rows 16 apart). Work: arow, orow (6,)."""
+    ``tile_gather_fma`` (b = the packed weight, its rows 16 apart). xp (N, Hp, Wp, Cp) is
+    filled from x as it goes, each sample just before its first tile, so that the tiles
+    read it from the second-level cache (13.8 against 14.3 ms for the DCGAN's 64 -> 128
+    convolution at batch 128 padded first, two threads, medians of 10; AMD EPYC,
+    2026-12-01). Work: arow, orow (6,)."""
     Hp, Wp, Cp = xp.shape[1], xp.shape[2], xp.shape[3]
     OCp, L = y.shape[1], y.shape[2]
     J, K = wp.shape[0], wp.shape[1]
@@ -590,7 +631,11 @@ def _gather_forward(lo, hi, xp, taps, wp, b, SH, SW, OW, y, arow, orow):
             y[n, oc] = b[oc]
     xf, wf, yf = xp.reshape(-1), wp.reshape(-1), y.reshape(-1)
     last = hi * L - 1
+    padded = lo  # samples lo .. padded - 1 are in xp
     for p in range(lo * L, hi * L, ROWS):
+        while padded <= min(p + ROWS - 1, last) // L:
+            _pad_nhwc(padded, padded + 1, x, PH, PW, xp)
+            padded += 1
         for k in range(ROWS):  # a last, partial tile repeats its last position
             q = min(p + k, last)
             arow[k] = _window(q, L, OW, SH, SW, Hp, Wp, Cp)
@@ -602,29 +647,32 @@ def _gather_forward(lo, hi, xp, taps, wp, b, SH, SW, OW, y, arow, orow):
 
 
 @njit(nogil=True, cache=True)
-def _gather_backward_data(lo, hi, dy, wq, KW, DH, DW, SH, SW, OW, PH, PW, dx, dxp, arow, base,
+def _gather_backward_data(lo, hi, dyt, wq, KW, DH, DW, SH, SW, OW, PH, PW, dx, dxp, arow, base,
                           orow):
     """dx (N, C, H, W) for the samples lo .. hi, ``per`` = len(dxp) of them at a time: their
     padded channels-last gradient dxp (per, Hp, Wp, Cp) = the sum, over output positions
     (n, l) and output channels oc, of dy[n, oc, l] times the weight laid over the window of
     (n, l): for each tap group g (kernel tap (i, j), channels c0 .. c0 + 16), 6 positions by
-    16 channels per ``tile_gather_fma`` (a = dy, channels L apart; b = wq (G, OC, 16), rows
-    16 apart), added into dxp in place; then cropped into dx while it is in cache. Whole
-    samples at a time, so that each pixel's sum runs in the same order on any number of
-    threads, and each group's weights are read from the first-level cache for all of their
-    positions. Work: dxp, arow, base (per*L rounded up to 6,), orow (6,)."""
-    N, OC, L = dy.shape
+    16 channels per ``tile_gather_fma`` (a = dyt (N*L, OC), dy channels-last: each position's
+    channels one run, so a tile's 6 runs are each read from one cache line for 16 channels;
+    b = wq (G, OC, 16), rows 16 apart), added into dxp in place; then cropped into dx while
+    it is in cache. Whole samples at a time, so that each pixel's sum runs in the same order
+    on any number of threads, and each group's weights are read from the first-level cache
+    for all of their positions. Work: dxp, arow, base (per*L rounded up to 6,), orow (6,)."""
+    NL, OC = dyt.shape
+    N = dx.shape[0]
+    L = NL // N
     per, Hp, Wp, Cp = dxp.shape
     G = wq.shape[0]
     groups = Cp // WIDTH
-    dyf, wf, df = dy.reshape(-1), wq.reshape(-1), dxp.reshape(-1)
+    dyf, wf, df = dyt.reshape(-1), wq.reshape(-1), dxp.reshape(-1)
     for n0 in range(lo, hi, per):
         count = min(hi, n0 + per) - n0
         size = count * L
         dxp[:] = 0
         for k in range(-(-size // ROWS) * ROWS):  # a last, partial tile repeats its last position
             q = min(k, size - 1)
-            arow[k] = (n0 + q // L) * OC * L + q % L
+            arow[k] = (n0 * L + q) * OC
             base[k] = _window(q, L, OW, SH, SW, Hp, Wp, Cp)
         for g in range(G):
             tap, c0 = g // groups, g % groups * WIDTH
@@ -632,7 +680,7 @@ def _gather_backward_data(lo, hi, dy, wq, KW, DH, DW, SH, SW, OW, PH, PW, dx, dx
             for t in range(0, size, ROWS):
                 for k in range(ROWS):
                     orow[k] = base[t + k] + at
-                tile_gather_fma(dyf, arow[t:t + ROWS], L, wf, WIDTH, g * OC * WIDTH, OC, df,
+                tile_gather_fma(dyf, arow[t:t + ROWS], 1, wf, WIDTH, g * OC * WIDTH, OC, df,
                                 orow, 1)
         _crop_nchw(0, count, dxp, PH, PW, dx[n0:n0 + count])
 
@@ -640,16 +688,18 @@ def _gather_backward_data(lo, hi, dy, wq, KW, DH, DW, SH, SW, OW, PH, PW, dx, dx
 @njit(nogil=True, cache=True)
 def _dy_panels(lo, hi, dy, out):
     """out (J, N*L, 16) = dy (N, OC, L) as panels of 16 output channels, channels-last within
-    each: out[j, n*L + l, q] = dy[n, 16 j + q, l], zero for channels past OC."""
+    each: out[j, n*L + l, q] = dy[n, 16 j + q, l], zero for channels past OC. Each sample's
+    panel is a (16, L) -> (L, 16) ``_transpose`` (the DCGAN's (128, 128, 49): 0.25 ms on two
+    threads, against 0.61 element by element)."""
     N, OC, L = dy.shape
-    J = out.shape[0]
+    J, NL = out.shape[0], out.shape[1]
+    yf, of = dy.reshape(-1), out.reshape(-1)
     for n in range(lo, hi):
         for j in range(J):
-            for l in range(L):
-                row = out[j, n * L + l]
-                for q in range(WIDTH):
-                    oc = j * WIDTH + q
-                    row[q] = dy[n, oc, l] if oc < OC else 0
+            rows = min(WIDTH, OC - j * WIDTH)
+            if rows < WIDTH:
+                out[j, n * L:(n + 1) * L, rows:] = 0
+            _transpose(yf, (n * OC + j * WIDTH) * L, L, rows, L, of, (j * NL + n * L) * WIDTH, WIDTH)
 
 
 @njit(nogil=True, cache=True)
@@ -681,11 +731,16 @@ def _gather_backward_weight(lo, hi, dyp, xp, taps, SH, SW, OW, block, dw, bpos, 
                     orow[k] += WIDTH
 
 
+def _gather_empty(x, padding):
+    """An uninitialised xp for x (N, C, H, W): (N, Hp, Wp, Cp)."""
+    N, C, H, W = x.shape
+    return np.empty((N, H + 2 * padding[0], W + 2 * padding[1], _lanes(C)), dtype=x.dtype)
+
+
 def _gather_input(x, padding):
     """x (N, C, H, W) as xp (N, Hp, Wp, Cp): channels-last, padded, channels to whole tiles."""
-    N, C, H, W = x.shape
-    xp = np.empty((N, H + 2 * padding[0], W + 2 * padding[1], _lanes(C)), dtype=x.dtype)
-    parallel_for(_pad_nhwc, N, x, padding[0], padding[1], xp)
+    xp = _gather_empty(x, padding)
+    parallel_for(_pad_nhwc, x.shape[0], x, padding[0], padding[1], xp)
     return xp
 
 
@@ -700,9 +755,9 @@ def _gather_taps(KH, KW, C, dilation, Wp, Cp):
 def _gather_conv_forward(x, w, b, stride, padding, dilation, OH, OW):
     """(y, xp): y by the gather kernels, and the padded channels-last input they read, for
     the weight gradient of the same x to reuse."""
-    N = x.shape[0]
-    OC, C, KH, KW = w.shape
-    xp = _gather_input(x, padding)
+    N, C = x.shape[:2]
+    OC, _, KH, KW = w.shape
+    xp = _gather_empty(x, padding)  # filled by the kernel
     Wp, Cp = xp.shape[2], xp.shape[3]
     OCp, K = _lanes(OC), KH * KW * C
     # (OCp/16, K, 16), taps in (i, j, c) order: one strided copy (0.23 ms for the DCGAN's
@@ -711,8 +766,8 @@ def _gather_conv_forward(x, w, b, stride, padding, dilation, OH, OW):
                               .transpose(0, 3, 4, 2, 1)).reshape(OCp // WIDTH, K, WIDTH)
     bp = _zero_pad(np.zeros(OC, dtype=x.dtype) if b is None else b, (WIDTH,))
     y = np.empty((N, OCp, OH * OW), dtype=x.dtype)
-    parallel_for(_gather_forward, N, xp, _gather_taps(KH, KW, C, tuple(dilation), Wp, Cp), wp, bp,
-                 stride[0], stride[1], OW, y,
+    parallel_for(_gather_forward, N, x, *padding, xp,
+                 _gather_taps(KH, KW, C, tuple(dilation), Wp, Cp), wp, bp, stride[0], stride[1], OW, y,
                  scratch=[((ROWS,), np.int64)] * 2)
     if OCp != OC:
         y = np.ascontiguousarray(y[:, :OC])
@@ -731,8 +786,10 @@ def _gather_conv_backward_data(dy, w, x_shape, stride, padding, dilation, OH, OW
     L = OH * OW
     per = max(1, _DATA_BLOCK // L)  # samples per block
     rows = -(-per * L // ROWS) * ROWS
+    dyt = np.empty((N, L, OC), dtype=dy.dtype)
+    parallel_for(_channels_last, N, dy.reshape(N, OC, L), dyt)
     dx = np.empty(x_shape, dtype=dy.dtype)
-    parallel_for(_gather_backward_data, N, dy.reshape(N, OC, L), wq, KW, *dilation, *stride,
+    parallel_for(_gather_backward_data, N, dyt.reshape(N * L, OC), wq, KW, *dilation, *stride,
                  OW, *padding, dx,
                  scratch=[((per, H + 2 * padding[0], W + 2 * padding[1], Cp), dy.dtype)]
                  + [((rows,), np.int64)] * 2 + [((ROWS,), np.int64)])
