@@ -576,7 +576,7 @@ def test_layout_copies_match_numpy(dtype):
     """The gather path's layout copies against NumPy's, on shapes with whole 8 x 8 blocks,
     edges that overlap the last block, and sides under 8 (scalar): ``_transpose``,
     ``_pad_nhwc`` (zero border and zero channels to whole 16s), ``_crop_nchw`` (its
-    inverse), ``_channels_last`` and ``_dy_panels`` (zero channels past OC)."""
+    inverse) and ``_dy_panels`` (zero channels past OC)."""
     rng = np.random.default_rng(9)
     for R, C in ((8, 8), (13, 30), (64, 14), (5, 20), (20, 3), (1, 1)):
         ss, ds = C + 3, R + 5  # rows with gaps between them, in both
@@ -599,9 +599,6 @@ def test_layout_copies_match_numpy(dtype):
         cpu_conv._crop_nchw(0, N, xp, P, P, back)
         np.testing.assert_array_equal(back, x)
         a = x.reshape(N, C, H * W)
-        last = np.full((N, H * W, C), np.nan, dtype)
-        cpu_conv._channels_last(0, N, a, last)
-        np.testing.assert_array_equal(last, a.transpose(0, 2, 1))
         panels = np.full((Cp // 16, N * H * W, 16), np.nan, dtype)
         cpu_conv._dy_panels(0, N, a, panels)
         wide = np.zeros((N, Cp, H * W), dtype)

@@ -597,16 +597,6 @@ def _crop_nchw(lo, hi, xp, PH, PW, x):
     return x
 
 
-@njit(nogil=True, cache=True)
-def _channels_last(lo, hi, a, out):
-    """out (N, L, C) = a (N, C, L) with the last two axes swapped, samples lo .. hi."""
-    N, C, L = a.shape
-    af, of = a.reshape(-1), out.reshape(-1)
-    for n in range(lo, hi):
-        _transpose(af, n * C * L, L, C, L, of, n * L * C, C)
-    return out
-
-
 @njit(cache=True)
 def _window(q, L, OW, SH, SW, Hp, Wp, Cp):
     """Where the window of output position q (= n*L + oh*OW + ow) starts in xp, flat."""
@@ -647,32 +637,33 @@ def _gather_forward(lo, hi, x, PH, PW, xp, taps, wp, b, SH, SW, OW, y, arow, oro
 
 
 @njit(nogil=True, cache=True)
-def _gather_backward_data(lo, hi, dyt, wq, KW, DH, DW, SH, SW, OW, PH, PW, dx, dxp, arow, base,
-                          orow):
+def _gather_backward_data(lo, hi, dy, wq, KW, DH, DW, SH, SW, OW, PH, PW, dx, dxp, dyt, arow,
+                          base, orow):
     """dx (N, C, H, W) for the samples lo .. hi, ``per`` = len(dxp) of them at a time: their
     padded channels-last gradient dxp (per, Hp, Wp, Cp) = the sum, over output positions
     (n, l) and output channels oc, of dy[n, oc, l] times the weight laid over the window of
     (n, l): for each tap group g (kernel tap (i, j), channels c0 .. c0 + 16), 6 positions by
-    16 channels per ``tile_gather_fma`` (a = dyt (N*L, OC), dy channels-last: each position's
-    channels one run, so a tile's 6 runs are each read from one cache line for 16 channels;
-    b = wq (G, OC, 16), rows 16 apart), added into dxp in place; then cropped into dx while
-    it is in cache. Whole samples at a time, so that each pixel's sum runs in the same order
-    on any number of threads, and each group's weights are read from the first-level cache
-    for all of their positions. Work: dxp, arow, base (per*L rounded up to 6,), orow (6,)."""
-    NL, OC = dyt.shape
-    N = dx.shape[0]
-    L = NL // N
+    16 channels per ``tile_gather_fma`` (a = dyt (per*L, OC), the block's dy moved to
+    channels-last first: each position's channels one run, so a tile's 6 runs are each read
+    from one cache line for 16 channels; b = wq (G, OC, 16), rows 16 apart), added into dxp
+    in place; then cropped into dx while it is in cache. Whole samples at a time, so that
+    each pixel's sum runs in the same order on any number of threads, and each group's
+    weights are read from the first-level cache for all of their positions. Work: dxp, dyt,
+    arow, base (per*L rounded up to 6,), orow (6,)."""
+    N, OC, L = dy.shape
     per, Hp, Wp, Cp = dxp.shape
     G = wq.shape[0]
     groups = Cp // WIDTH
-    dyf, wf, df = dyt.reshape(-1), wq.reshape(-1), dxp.reshape(-1)
+    yf, tf, wf, df = dy.reshape(-1), dyt.reshape(-1), wq.reshape(-1), dxp.reshape(-1)
     for n0 in range(lo, hi, per):
         count = min(hi, n0 + per) - n0
         size = count * L
+        for n in range(count):  # (OC, L) -> (L, OC) per sample
+            _transpose(yf, (n0 + n) * OC * L, L, OC, L, tf, n * L * OC, OC)
         dxp[:] = 0
         for k in range(-(-size // ROWS) * ROWS):  # a last, partial tile repeats its last position
             q = min(k, size - 1)
-            arow[k] = (n0 * L + q) * OC
+            arow[k] = q * OC
             base[k] = _window(q, L, OW, SH, SW, Hp, Wp, Cp)
         for g in range(G):
             tap, c0 = g // groups, g % groups * WIDTH
@@ -680,7 +671,7 @@ def _gather_backward_data(lo, hi, dyt, wq, KW, DH, DW, SH, SW, OW, PH, PW, dx, d
             for t in range(0, size, ROWS):
                 for k in range(ROWS):
                     orow[k] = base[t + k] + at
-                tile_gather_fma(dyf, arow[t:t + ROWS], 1, wf, WIDTH, g * OC * WIDTH, OC, df,
+                tile_gather_fma(tf, arow[t:t + ROWS], 1, wf, WIDTH, g * OC * WIDTH, OC, df,
                                 orow, 1)
         _crop_nchw(0, count, dxp, PH, PW, dx[n0:n0 + count])
 
@@ -697,8 +688,9 @@ def _dy_panels(lo, hi, dy, out):
     for n in range(lo, hi):
         for j in range(J):
             rows = min(WIDTH, OC - j * WIDTH)
-            if rows < WIDTH:
-                out[j, n * L:(n + 1) * L, rows:] = 0
+            for i in range((j * NL + n * L) * WIDTH, (j * NL + n * L + L) * WIDTH, WIDTH):
+                for q in range(rows, WIDTH):  # channels past OC
+                    of[i + q] = 0
             _transpose(yf, (n * OC + j * WIDTH) * L, L, rows, L, of, (j * NL + n * L) * WIDTH, WIDTH)
 
 
@@ -786,12 +778,11 @@ def _gather_conv_backward_data(dy, w, x_shape, stride, padding, dilation, OH, OW
     L = OH * OW
     per = max(1, _DATA_BLOCK // L)  # samples per block
     rows = -(-per * L // ROWS) * ROWS
-    dyt = np.empty((N, L, OC), dtype=dy.dtype)
-    parallel_for(_channels_last, N, dy.reshape(N, OC, L), dyt)
     dx = np.empty(x_shape, dtype=dy.dtype)
-    parallel_for(_gather_backward_data, N, dyt.reshape(N * L, OC), wq, KW, *dilation, *stride,
+    parallel_for(_gather_backward_data, N, dy.reshape(N, OC, L), wq, KW, *dilation, *stride,
                  OW, *padding, dx,
-                 scratch=[((per, H + 2 * padding[0], W + 2 * padding[1], Cp), dy.dtype)]
+                 scratch=[((per, H + 2 * padding[0], W + 2 * padding[1], Cp), dy.dtype),
+                          ((per * L, OC), dy.dtype)]
                  + [((rows,), np.int64)] * 2 + [((ROWS,), np.int64)])
     return dx
 
