@@ -50,7 +50,7 @@ from .threads import num_threads, parallel_for
 # Numba's cache keys a kernel by its own file's content, and the kernels here inline
 # simd.tile_fma: this hash of simd.py (tests/test_kernels.py checks it) changes this file
 # whenever simd.py changes, so that kernels compiled from an older simd.py are not loaded.
-SIMD_SOURCE_SHA256 = "489eddde0b448bb6"
+SIMD_SOURCE_SHA256 = "8dce5cffe6701e74"
 
 # The weight gradients' fast-math flags: "contract" lets LLVM fuse a*b + c into one FMA (one
 # rounding instead of two: at least as accurate), "reassoc" lets it vectorise their dot
@@ -524,16 +524,17 @@ def _columns_conv_backward_weight(x, dy, w_shape, stride, padding, dilation, OH,
 # benchmarks/results/2026-12-01-amd-cpu-issue12-pass6.md.
 #
 # Which cache lines a kernel streams per tap sets its speed (batch 128, two threads, the
-# kernels alone, lower quartiles of 12-20 rounds; pass 7 of the same record): the forward's
-# 6 positions read their channels as runs, a new line every 16 taps, beside the packed
-# weight's line per tap: 62-64 GMAC/s. Backward-data read dy channels-first, a new line of
-# 6 positions per output channel, beside the weight's: 48-51; with dy moved to
-# channels-last first (0.4 ms) it is the forward's pattern again: 58.6 (the same bits). The
+# kernels alone, lower quartiles of 12-20 rounds; AMD EPYC, 2026-12-01, in
+# benchmarks/results/2026-12-01-amd-cpu-issue12-pass7.md): the forward's 6 positions read
+# their channels as runs, a new line every 16 taps, beside the packed weight's line per
+# tap: 62-64 GMAC/s. Backward-data read dy channels-first, a new line of 6 positions per
+# output channel, beside the weight's: 48-51; with each block's dy moved to channels-last
+# first, inside the kernel, it is the forward's pattern again: 58.6 (the same bits). The
 # weight gradient streams a window per position and a line of dy's panels: 51-53. Turned
 # around (6 output channels of dy by 16 channels of a window) it ran 41-47 for blocks of
-# 128-256 positions; the panels outside the taps, 48-49: neither kept.
-# The layout copies move 8 x 8 blocks in registers (``simd.tile_transpose``); the padded
-# copy of the forward's input is made per sample inside its kernel.
+# 128-256 positions; with the panels outside the taps, 48-49: neither kept. The layout
+# copies move 8 x 8 blocks through registers (``simd.tile_transpose``); the padded copy of
+# the forward's input is made per sample inside its kernel, just before its tiles read it.
 
 
 def _lanes(C):

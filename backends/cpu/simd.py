@@ -1,7 +1,8 @@
 """``tile_fma`` and ``tile_gather_fma``: six rows of sixteen multiply-add sums kept in vector
-registers, for the convolution kernels' inner loops (``tile_gather_fma``, at the end of this
-file, reads both operands through offsets: conv.py's implicit GEMM). The one piece of the
-CPU backend written in LLVM IR.
+registers, for the convolution kernels' inner loops (``tile_gather_fma`` reads both operands
+through offsets: conv.py's implicit GEMM); ``tile_transpose``, at the end of this file: an
+8 x 8 block of a layout copy moved through registers. The one piece of the CPU backend
+written in LLVM IR.
 
 What it computes, for k < 6 and q < 16 (``ROWS`` = 6, ``WIDTH`` = 16)::
 
@@ -314,9 +315,9 @@ def tile_transpose(typingctx, src, s0, sstride, dst, d0, dstride):
     """dst[d0 + c*dstride + r] = src[s0 + r*sstride + c] for r, c < 8 (``BLOCK``): one 8 x 8
     block of a layout change (NCHW <-> channels-last), in registers: 8 rows loaded as
     vectors, transposed by shuffles, stored as 8 vectors. The arrays are read flat; bounds
-    are the caller's to keep. conv.py's ``_transpose`` builds whole planes from it: as
-    scalar Numba loops the same copies ran ~6 cycles an element (the DCGAN's 64-channel
-    14 x 14 planes, batch 128: 1.2-1.4 ms on two threads)."""
+    are the caller's to keep. conv.py's ``_transpose`` builds whole planes from it (batch
+    128, two threads, against scalar Numba loops: the DCGAN's backward-data crop 1.50 ->
+    1.08 ms, its dy panels 0.61 -> 0.25 ms; AMD EPYC, 2026-12-01)."""
     if not (_float_arrays(src, dst) and _ints(s0, sstride, d0, dstride)):
         return None
     sig = types.void(src, s0, sstride, dst, d0, dstride)
