@@ -611,9 +611,9 @@ def _gather_forward(lo, hi, x, PH, PW, xp, taps, wp, b, SH, SW, OW, y, arow, oro
     of (n, l) + taps[t]], for the samples lo .. hi: 6 positions by 16 channels per
     ``tile_gather_fma`` (b = the packed weight, its rows 16 apart). xp (N, Hp, Wp, Cp) is
     filled from x as it goes, each sample just before its first tile, so that the tiles
-    read it from the second-level cache (13.8 against 14.3 ms for the DCGAN's 64 -> 128
-    convolution at batch 128 padded first, two threads, medians of 10; AMD EPYC,
-    2026-12-01). Work: arow, orow (6,)."""
+    read it from the second-level cache (the DCGAN's 64 -> 128 convolution at batch 128, two
+    threads: 13.8 against 14.3 ms padded first, lower quartiles of 10 calls each with a 64
+    MB sweep between calls; AMD EPYC, 2026-12-01). Work: arow, orow (6,)."""
     Hp, Wp, Cp = xp.shape[1], xp.shape[2], xp.shape[3]
     OCp, L = y.shape[1], y.shape[2]
     J, K = wp.shape[0], wp.shape[1]
