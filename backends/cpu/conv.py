@@ -638,23 +638,22 @@ def _gather_forward(lo, hi, x, PH, PW, xp, taps, wp, b, SH, SW, OW, y, arow, oro
 
 
 @njit(nogil=True, cache=True)
-def _gather_backward_data(lo, hi, dy, wq, KW, DH, DW, SH, SW, OW, PH, PW, dx, dxp, dyt, arow,
+def _gather_backward_data(lo, hi, dy, wq, groups_at, SH, SW, OW, PH, PW, dx, dxp, dyt, arow,
                           base, orow):
     """dx (N, C, H, W) for the samples lo .. hi, ``per`` = len(dxp) of them at a time: their
     padded channels-last gradient dxp (per, Hp, Wp, Cp) = the sum, over output positions
     (n, l) and output channels oc, of dy[n, oc, l] times the weight laid over the window of
-    (n, l): for each tap group g (kernel tap (i, j), channels c0 .. c0 + 16), 6 positions by
-    16 channels per ``tile_gather_fma`` (a = dyt (per*L, OC), the block's dy moved to
-    channels-last first: each position's channels one run, so a tile's 6 runs are each read
-    from one cache line for 16 channels; b = wq (G, OC, 16), rows 16 apart), added into dxp
-    in place; then cropped into dx while it is in cache. Whole samples at a time, so that
-    each pixel's sum runs in the same order on any number of threads, and each group's
-    weights are read from the first-level cache for all of their positions. Work: dxp, dyt,
-    arow, base (per*L rounded up to 6,), orow (6,)."""
+    (n, l): for each tap group g (kernel tap (i, j), channels c0 .. c0 + 16, groups_at[g]
+    from a window's start), 6 positions by 16 channels per ``tile_gather_fma`` (a = dyt
+    (per*L, OC), the block's dy moved to channels-last first: each position's channels one
+    run, so a tile's 6 runs are each read from one cache line for 16 channels; b = wq (G,
+    OC, 16), rows 16 apart), added into dxp in place; then cropped into dx while it is in
+    cache. Whole samples at a time, so that each pixel's sum runs in the same order on any
+    number of threads, and each group's weights are read from the first-level cache for all
+    of their positions. Work: dxp, dyt, arow, base (per*L rounded up to 6,), orow (6,)."""
     N, OC, L = dy.shape
     per, Hp, Wp, Cp = dxp.shape
     G = wq.shape[0]
-    groups = Cp // WIDTH
     yf, tf, wf, df = dy.reshape(-1), dyt.reshape(-1), wq.reshape(-1), dxp.reshape(-1)
     for n0 in range(lo, hi, per):
         count = min(hi, n0 + per) - n0
@@ -667,11 +666,9 @@ def _gather_backward_data(lo, hi, dy, wq, KW, DH, DW, SH, SW, OW, PH, PW, dx, dx
             arow[k] = q * OC
             base[k] = _window(q, L, OW, SH, SW, Hp, Wp, Cp)
         for g in range(G):
-            tap, c0 = g // groups, g % groups * WIDTH
-            at = ((tap // KW) * DH * Wp + (tap % KW) * DW) * Cp + c0
             for t in range(0, size, ROWS):
                 for k in range(ROWS):
-                    orow[k] = base[t + k] + at
+                    orow[k] = base[t + k] + groups_at[g]
                 tile_gather_fma(tf, arow[t:t + ROWS], 1, wf, WIDTH, g * OC * WIDTH, OC, df,
                                 orow, 1)
         _crop_nchw(0, count, dxp, PH, PW, dx[n0:n0 + count])
@@ -724,10 +721,15 @@ def _gather_backward_weight(lo, hi, dyp, xp, taps, SH, SW, OW, block, dw, bpos, 
                     orow[k] += WIDTH
 
 
+def _gather_shape(x_shape, padding):
+    """(N, Hp, Wp, Cp): the shape of xp, the padded channels-last copy of x (N, C, H, W)."""
+    N, C, H, W = x_shape
+    return N, H + 2 * padding[0], W + 2 * padding[1], _lanes(C)
+
+
 def _gather_empty(x, padding):
-    """An uninitialised xp for x (N, C, H, W): (N, Hp, Wp, Cp)."""
-    N, C, H, W = x.shape
-    return np.empty((N, H + 2 * padding[0], W + 2 * padding[1], _lanes(C)), dtype=x.dtype)
+    """An uninitialised xp for x (N, C, H, W)."""
+    return np.empty(_gather_shape(x.shape, padding), dtype=x.dtype)
 
 
 def _gather_input(x, padding):
@@ -769,9 +771,9 @@ def _gather_conv_forward(x, w, b, stride, padding, dilation, OH, OW):
 
 def _gather_conv_backward_data(dy, w, x_shape, stride, padding, dilation, OH, OW):
     """dx by the gather kernel, the weight packed as (tap groups, OC, 16)."""
-    N, C, H, W = x_shape
+    N, C = x_shape[:2]
     OC, _, KH, KW = w.shape
-    Cp = _lanes(C)
+    _, Hp, Wp, Cp = _gather_shape(x_shape, padding)
     G = KH * KW * Cp // WIDTH
     wq = np.ascontiguousarray(  # (G, OC, 16): groups (i, j, c // 16), channels to whole tiles
         _zero_pad(w, (1, WIDTH, 1, 1)).reshape(OC, Cp // WIDTH, WIDTH, KH, KW)
@@ -780,10 +782,11 @@ def _gather_conv_backward_data(dy, w, x_shape, stride, padding, dilation, OH, OW
     per = max(1, _DATA_BLOCK // L)  # samples per block
     rows = -(-per * L // ROWS) * ROWS
     dx = np.empty(x_shape, dtype=dy.dtype)
-    parallel_for(_gather_backward_data, N, dy.reshape(N, OC, L), wq, KW, *dilation, *stride,
+    # each group's place in a window: the taps of Cp channels, every 16th
+    groups_at = np.ascontiguousarray(_gather_taps(KH, KW, Cp, tuple(dilation), Wp, Cp)[::WIDTH])
+    parallel_for(_gather_backward_data, N, dy.reshape(N, OC, L), wq, groups_at, *stride,
                  OW, *padding, dx,
-                 scratch=[((per, H + 2 * padding[0], W + 2 * padding[1], Cp), dy.dtype),
-                          ((per * L, OC), dy.dtype)]
+                 scratch=[((per, Hp, Wp, Cp), dy.dtype), ((per * L, OC), dy.dtype)]
                  + [((rows,), np.int64)] * 2 + [((ROWS,), np.int64)])
     return dx
 
@@ -800,9 +803,9 @@ def _gather_conv_backward_weight(x, dy, w_shape, stride, padding, dilation, OH, 
     """dw from xp: ``kept`` when it is this x's (from the forward), else made again."""
     N = x.shape[0]
     OC, C, KH, KW = w_shape
-    Cp = _lanes(C)
-    Hp, Wp = x.shape[2] + 2 * padding[0], x.shape[3] + 2 * padding[1]
-    if isinstance(kept, np.ndarray) and kept.shape == (N, Hp, Wp, Cp) and kept.dtype == x.dtype:
+    shape = _gather_shape(x.shape, padding)
+    Wp, Cp = shape[2], shape[3]
+    if isinstance(kept, np.ndarray) and kept.shape == shape and kept.dtype == x.dtype:
         xp = kept
     else:
         xp = _gather_input(x, padding)
